@@ -1,0 +1,170 @@
+"""The contract between extraction (writer) and training (reader).
+
+Column names, Arrow types and shapes of the manifest and of the feature
+Parquet live here and nowhere else. Feature arrays are stored as nested Arrow
+lists (``list<fixed_size_list<float32, D>>``) so plain ``pyarrow`` and pandas
+read them without Ray; :func:`row_arrays` / :func:`stack_column` turn them
+back into numpy::
+
+    import pyarrow.parquet as pq
+    from raydf.schema import stack_column, CONTENT, STYLE
+    table = pq.read_table("features/")           # or "s3://bucket/features/"
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    content = stack_column(ok, CONTENT)           # (N, K, 2048) float32
+    style = stack_column(ok, STYLE)               # (N, T, 512) float32
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+# ---- manifest: one row per input video -------------------------------------------------------
+VIDEO_ID = "video_id"  # unique within a dataset, stable across runs
+URI = "uri"  # local path or fsspec URI (s3://...)
+LABEL = "label"  # 0 real, 1 fake
+DATASET = "dataset"  # ffpp | celebdf | dfdc | folders | generated ...
+SPLIT = "split"  # train | val | test | "" (unknown: split later by source_id)
+SOURCE_ID = "source_id"  # the real video/identity a sample derives from (split key)
+METHOD = "method"  # manipulation method ("" for real videos)
+COMPRESSION = "compression"  # raw | c23 | c40 | ""
+META = "meta"  # JSON object with anything else the layout knows
+
+REAL, FAKE = 0, 1
+SPLITS = ("train", "val", "test")
+
+MANIFEST_COLUMNS = (VIDEO_ID, URI, LABEL, DATASET, SPLIT, SOURCE_ID, METHOD, COMPRESSION, META)
+MANIFEST_SCHEMA = pa.schema(
+    [
+        (VIDEO_ID, pa.string()),
+        (URI, pa.string()),
+        (LABEL, pa.int8()),
+        (DATASET, pa.string()),
+        (SPLIT, pa.string()),
+        (SOURCE_ID, pa.string()),
+        (METHOD, pa.string()),
+        (COMPRESSION, pa.string()),
+        (META, pa.string()),
+    ]
+)
+
+# ---- features: one row per video ---------------------------------------------------------------
+N_FRAMES = "n_frames"  # true decoded frame count of the video
+NUM_SAMPLED = "num_sampled"  # T
+FRAME_INDICES = "frame_indices"  # (T,) int32
+FACE_VALID = "face_valid"  # (T,) bool
+FACE_BOXES = "face_boxes"  # (T, 4) float32, x1 y1 x2 y2 in full-resolution pixels
+FACE_PROBS = "face_probs"  # (T,) float32, 0 where no face
+CONTENT = "content"  # (K, 2048) float32, K = T // 16
+STYLE = "style"  # (T, 512) float32
+STYLE_LEVEL = "style_level"  # int
+CONTENT_PROVENANCE = "content_provenance"  # sha256:<hex> | random:<seed>:<config>
+STYLE_PROVENANCE = "style_provenance"
+STATUS = "status"  # ok | error
+ERROR = "error"  # "" when ok
+T_READ = "t_read_s"
+T_DECODE = "t_decode_s"
+T_FACES = "t_faces_s"
+T_CONTENT = "t_content_s"
+T_STYLE = "t_style_s"
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+CONTENT_DIM = 2048
+STYLE_DIM = 512
+BOX_DIM = 4
+
+TIMING_COLUMNS = (T_READ, T_DECODE, T_FACES, T_CONTENT, T_STYLE)
+
+
+def _matrix(width: int) -> pa.DataType:
+    return pa.list_(pa.list_(pa.float32(), width))
+
+
+FEATURE_SCHEMA = pa.schema(
+    list(MANIFEST_SCHEMA)
+    + [
+        (N_FRAMES, pa.int64()),
+        (NUM_SAMPLED, pa.int32()),
+        (FRAME_INDICES, pa.list_(pa.int32())),
+        (FACE_VALID, pa.list_(pa.bool_())),
+        (FACE_BOXES, _matrix(BOX_DIM)),
+        (FACE_PROBS, pa.list_(pa.float32())),
+        (CONTENT, _matrix(CONTENT_DIM)),
+        (STYLE, _matrix(STYLE_DIM)),
+        (STYLE_LEVEL, pa.int32()),
+        (CONTENT_PROVENANCE, pa.string()),
+        (STYLE_PROVENANCE, pa.string()),
+        (STATUS, pa.string()),
+        (ERROR, pa.string()),
+    ]
+    + [(c, pa.float32()) for c in TIMING_COLUMNS]
+)
+FEATURE_COLUMNS = tuple(FEATURE_SCHEMA.names)
+
+# Key/value metadata stored in every part file's schema.
+META_EXTRACT_CONFIG = b"raydf.extract_config"
+META_PROVENANCE = b"raydf.provenance"
+
+
+def matrix_array(rows: list[np.ndarray | None], width: int) -> pa.Array:
+    """Build a ``list<fixed_size_list<float32, width>>`` array from per-row 2-D arrays.
+
+    ``None`` rows become nulls (error rows carry no features).
+    """
+    offsets = [0]
+    flats = []
+    valid = []
+    for r in rows:
+        if r is None:
+            offsets.append(offsets[-1])
+            valid.append(False)
+            continue
+        a = np.ascontiguousarray(r, dtype=np.float32).reshape(-1, width)
+        flats.append(a.reshape(-1))
+        offsets.append(offsets[-1] + a.shape[0])
+        valid.append(True)
+    flat = np.concatenate(flats) if flats else np.zeros(0, np.float32)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), width)
+    mask = pa.array([not v for v in valid], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, mask=mask)
+
+
+def vector_array(rows: list[np.ndarray | None], typ: pa.DataType) -> pa.Array:
+    """Build a ``list<typ>`` array from per-row 1-D arrays (``None`` -> null)."""
+    return pa.array([None if r is None else np.asarray(r).tolist() for r in rows], pa.list_(typ))
+
+
+def row_arrays(value: Any, width: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """One cell of a list column (as pandas or ``to_pylist`` gives it) -> numpy array."""
+    if value is None:
+        raise ValueError("null feature cell (an error row?)")
+    arr = np.asarray([np.asarray(v, dtype=dtype) for v in value], dtype=dtype) if width else np.asarray(value, dtype=dtype)
+    return arr.reshape(-1, width) if width else arr
+
+
+def stack_column(table: pa.Table, column: str) -> np.ndarray:
+    """A whole fixed-shape list column -> one dense numpy array, zero-copy where Arrow allows.
+
+    ``content`` -> (N, K, 2048), ``style`` -> (N, T, 512), ``face_boxes`` -> (N, T, 4),
+    ``face_valid`` / ``face_probs`` / ``frame_indices`` -> (N, T). All rows must have the
+    same length (one extraction config); null rows are rejected.
+    """
+    col = table.column(column).combine_chunks()
+    if col.null_count:
+        raise ValueError(f"column {column!r} has {col.null_count} null rows; filter status == 'ok' first")
+    n = len(col)
+    values = col.flatten()
+    inner_width = None
+    if pa.types.is_fixed_size_list(values.type):
+        inner_width = values.type.list_size
+        values = values.flatten()
+    arr = values.to_numpy(zero_copy_only=False)
+    if n == 0:
+        return arr.reshape(0, 0, inner_width) if inner_width else arr.reshape(0, 0)
+    if inner_width:
+        return arr.reshape(n, -1, inner_width)
+    return arr.reshape(n, -1)
