@@ -168,3 +168,24 @@ def stack_column(table: pa.Table, column: str) -> np.ndarray:
     if inner_width:
         return arr.reshape(n, -1, inner_width)
     return arr.reshape(n, -1)
+
+
+def feature_table(rows: list[dict[str, Any]], metadata: dict[bytes, bytes] | None = None) -> pa.Table:
+    """Rows (dicts with numpy arrays, ``None`` for absent features) -> a table with :data:`FEATURE_SCHEMA`.
+
+    Missing keys become nulls. Matrix columns use the zero-copy builders above, so a batch of
+    videos costs no per-float Python work.
+    """
+    matrices = {CONTENT: CONTENT_DIM, STYLE: STYLE_DIM, FACE_BOXES: BOX_DIM}
+    vectors = {FRAME_INDICES: pa.int32(), FACE_VALID: pa.bool_(), FACE_PROBS: pa.float32()}
+    arrays = []
+    for f in FEATURE_SCHEMA:
+        values = [r.get(f.name) for r in rows]
+        if f.name in matrices:
+            arrays.append(matrix_array(values, matrices[f.name]))
+        elif f.name in vectors:
+            arrays.append(vector_array(values, vectors[f.name]))
+        else:
+            arrays.append(pa.array(values, f.type))
+    schema = FEATURE_SCHEMA.with_metadata(metadata) if metadata else FEATURE_SCHEMA
+    return pa.Table.from_arrays(arrays, schema=schema)

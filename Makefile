@@ -1,0 +1,43 @@
+# raydf: `make demo` runs the whole job on an embedded default; `make test` runs the test suite.
+# Both create .venv when it is missing and install the project with its dev extras.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.raydf-installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-quick demo bench bench-full browser-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's Chromium for the browser tests (Playwright cannot download its own browser here).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian chromium for the browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation) >/dev/null; \
+	  else echo "chromium missing and cannot be installed: browser tests will fail"; fi; }
+
+test: $(STAMP) browser-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/raydf demo
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
+
+bench-full: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf demo build dist *.egg-info .pytest_cache
