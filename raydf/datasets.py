@@ -32,7 +32,8 @@ environment), and understands four layouts:
 ``folders``
     ``real/`` and ``fake/`` (what ``raydf make-dataset`` writes). ``metadata.jsonl`` at
     the root, when present, supplies ``video_id``, ``source_id``, ``method`` (or
-    ``family``) and ``split`` per ``file``; otherwise ``video_id`` =
+    ``family``) and ``split`` per ``file`` (its other scalar fields go to ``meta``; ``video_id``
+    is taken as written there, e.g. ``0003_blend``); otherwise ``video_id`` =
     ``<dataset>/<path relative to root without extension>``, ``source_id`` is the part
     of a fake's stem before the first ``_`` (``0003_blend`` -> ``0003``), and the part
     after it is the method when it starts with a letter.
@@ -751,12 +752,16 @@ def _folder_metadata(r: _Root) -> dict[str, tuple[int, dict[str, Any]]]:
         folder_label = _FOLDER_LABELS[file.split("/", 1)[0]]
         if "label" in entry and _parse_label(entry["label"]) != folder_label:
             raise ManifestError(where, f"label {entry['label']!r} disagrees with the folder of {file!r}", line=lineno)
-        if entry.get(SPLIT, "") not in ("", *SPLITS):
+        if (entry.get(SPLIT) or "") not in ("", *SPLITS):
             raise ManifestError(where, f"split must be one of {SPLITS} or '', got {entry[SPLIT]!r}", line=lineno)
         if file in entries:
             raise ManifestError(where, f"{file!r} is listed twice (first on line {entries[file][0]})", line=lineno)
         entries[file] = (lineno, entry)
     return entries
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _folder_rows(r: _Root, dataset: str) -> list[dict[str, Any]]:
@@ -781,8 +786,9 @@ def _folder_rows(r: _Root, dataset: str) -> list[dict[str, Any]]:
                 source_id = str(entry.get(SOURCE_ID) or source_id)
                 if label == FAKE:
                     method = str(entry.get(METHOD) or entry.get("family") or method)
-                split = entry.get(SPLIT, "")
-                meta = {k: v for k, v in entry.items() if k not in _FOLDER_CONSUMED_KEYS}
+                split = entry.get(SPLIT) or ""
+                # scalars only: per-frame ground truth (boxes, manipulation, ...) stays in metadata.jsonl
+                meta = {k: v for k, v in entry.items() if k not in _FOLDER_CONSUMED_KEYS and _is_scalar(v)}
             elif has_metadata:
                 unlisted += 1
             rows.append(
@@ -846,7 +852,7 @@ def _manifest_record(
         SOURCE_ID: str(rec.get(SOURCE_ID) or video_id),
         METHOD: "" if label == REAL else str(rec.get(METHOD) or UNKNOWN_METHOD),
         COMPRESSION: str(rec.get(COMPRESSION) or ""),
-        META: json.dumps(meta, sort_keys=True),
+        META: json.dumps(meta, sort_keys=True, default=str),  # Parquet extras may be dates etc.
     }
 
 

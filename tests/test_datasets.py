@@ -536,3 +536,18 @@ def test_celebdf_on_s3_matches_local(s3_env: str, tmp_path: Path) -> None:
 
     write_manifest(remote, "s3://bucket/manifests/celeb.parquet")
     assert read_manifest("s3://bucket/manifests/celeb.parquet").equals(remote)
+
+
+def test_make_dataset_output_reads_as_folders(generated_dataset: Path) -> None:
+    from raydf.synth import read_metadata
+
+    table = build_manifest(str(generated_dataset))
+    _assert_valid_manifest(table)
+    rows = _by_id(table)
+    truth = {rec["video_id"]: rec for rec in read_metadata(generated_dataset)}
+    assert set(rows) == set(truth)
+    for video_id, rec in truth.items():
+        row = rows[video_id]
+        assert (row[LABEL], row[SOURCE_ID], row[URI]) == (rec["label"], rec["source_id"], str(generated_dataset / rec["file"]))
+        assert row[METHOD] == rec["family"]
+        assert "boxes" not in json.loads(row[META])  # per-frame ground truth stays in metadata.jsonl
