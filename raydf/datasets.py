@@ -260,7 +260,10 @@ def read_manifest(path: str, *, dataset_name: str | None = None) -> pa.Table:
             f"missing column(s) {missing}; a manifest needs {list(REQUIRED_COLUMNS)} "
             f"and may have {[c for c in MANIFEST_COLUMNS if c not in REQUIRED_COLUMNS]}",
         )
-    rows = [_manifest_record(rec, path, line, prefix, base, dataset_name) for line, prefix, rec in records]
+    try:
+        rows = [_manifest_record(rec, path, line, prefix, base, dataset_name) for line, prefix, rec in records]
+    except csv.Error as exc:  # only the CSV branch raises it; reader is bound there
+        raise ManifestError(path, f"malformed CSV: {exc}", line=reader.line_num) from exc
     if not rows:
         raise ManifestError(path, "manifest has no rows")
     return _to_table(rows, path)
@@ -276,6 +279,8 @@ def write_manifest(table: pa.Table, path: str) -> None:
     Raises:
         ManifestError: missing columns or an unsupported suffix.
     """
+    if not path.lower().endswith(MANIFEST_SUFFIXES):
+        raise ManifestError(path, f"a manifest file must end in one of {MANIFEST_SUFFIXES}")
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
         raise ManifestError(path, f"table lacks manifest column(s) {missing}")
@@ -285,15 +290,13 @@ def write_manifest(table: pa.Table, path: str) -> None:
         fs.makedirs(posixpath.dirname(fpath), exist_ok=True)
     if fpath.lower().endswith(".parquet"):
         pq.write_table(table, fpath, filesystem=fs)
-    elif fpath.lower().endswith(".csv"):
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(zip(*(table.column(c).to_pylist() for c in MANIFEST_COLUMNS)))
-        with fs.open(fpath, "w", encoding="utf-8") as f:
-            f.write(buf.getvalue())
-    else:
-        raise ManifestError(path, f"a manifest file must end in one of {MANIFEST_SUFFIXES}")
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(zip(*(table.column(c).to_pylist() for c in MANIFEST_COLUMNS)))
+    with fs.open(fpath, "w", encoding="utf-8") as f:
+        f.write(buf.getvalue())
 
 
 # ---- filesystem access -------------------------------------------------------------------------
@@ -311,6 +314,7 @@ class _Root:
     def open(cls, root: str) -> _Root:
         fs, path = fsspec.core.url_to_fs(root)
         path = path.rstrip("/") or "/"
+        fs.invalidate_cache(path)  # s3fs caches listings per process; a re-run must see new uploads
         if not fs.isdir(path):
             raise ManifestError(root, "dataset root is not an existing directory")
         return cls(fs, path, root)
@@ -325,10 +329,10 @@ class _Root:
         """Full URI of ``path``: an absolute local path, or ``protocol://...``."""
         return path if isinstance(self.fs, LocalFileSystem) else self.fs.unstrip_protocol(path)
 
-    def children(self, path: str | None = None) -> tuple[set[str], set[str]]:
-        """(directory names, file names) directly under ``path`` (default: the root)."""
+    def children(self) -> tuple[set[str], set[str]]:
+        """(directory names, file names) directly under the root."""
         dirs, files = set(), set()
-        for entry in self.fs.ls(path or self.path, detail=True):
+        for entry in self.fs.ls(self.path, detail=True):
             name = posixpath.basename(entry["name"].rstrip("/"))
             (dirs if entry["type"] == "directory" else files).add(name)
         return dirs, files

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from raydf.datasets import (
@@ -392,7 +393,7 @@ def test_folders_without_metadata_derive_from_file_names(tmp_path: Path) -> None
     _touch(root, "fake/nested/0003.mp4")
     rows = _by_id(build_manifest(str(root)))
     assert rows["folders/fake/0001_blend"][SOURCE_ID] == "0001"
-    assert rows["folders/real/0002"][(LABEL)] == REAL
+    assert rows["folders/real/0002"][LABEL] == REAL
     assert (rows["folders/fake/nested/0003"][SOURCE_ID], rows["folders/fake/nested/0003"][METHOD]) == ("0003", UNKNOWN_METHOD)
 
 
@@ -440,10 +441,7 @@ def test_manifest_missing_columns_are_named(tmp_path: Path) -> None:
     _write(tmp_path, "m.csv", "video_id,path\na,/x.mp4\n")
     with pytest.raises(ManifestError, match=r"m\.csv: missing column\(s\) \['uri', 'label'\]"):
         build_manifest(str(tmp_path / "m.csv"))
-    pa_table = pa.table({VIDEO_ID: ["a"], URI: ["/a.mp4"]})
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa_table, tmp_path / "m.parquet")
+    pq.write_table(pa.table({VIDEO_ID: ["a"], URI: ["/a.mp4"]}), tmp_path / "m.parquet")
     with pytest.raises(ManifestError, match=r"m\.parquet: missing column\(s\) \['label'\]"):
         build_manifest(str(tmp_path / "m.parquet"))
 
@@ -551,3 +549,11 @@ def test_make_dataset_output_reads_as_folders(generated_dataset: Path) -> None:
         assert (row[LABEL], row[SOURCE_ID], row[URI]) == (rec["label"], rec["source_id"], str(generated_dataset / rec["file"]))
         assert row[METHOD] == rec["family"]
         assert "boxes" not in json.loads(row[META])  # per-frame ground truth stays in metadata.jsonl
+
+
+def test_malformed_csv_manifest_names_its_line(tmp_path: Path) -> None:
+    _write(tmp_path, "m.csv", "video_id,uri,label\na,/a.mp4,0\nb,/b.mp4,1,extra\n")
+    with pytest.raises(ManifestError, match=r"m\.csv, line 3: more fields than the header"):
+        read_manifest(str(tmp_path / "m.csv"))
+    with pytest.raises(ManifestError, match=r"must end in"):
+        write_manifest(pa.table({}), str(tmp_path / "m.txt"))
