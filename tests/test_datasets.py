@@ -414,6 +414,21 @@ def test_duplicate_video_ids_are_rejected(tmp_path: Path) -> None:
         build_manifest(str(root))
 
 
+def test_make_dataset_output_reads_as_folders(generated_dataset: Path) -> None:
+    from raydf.synth import read_metadata
+
+    table = build_manifest(str(generated_dataset))
+    _assert_valid_manifest(table)
+    rows = _by_id(table)
+    truth = {rec["video_id"]: rec for rec in read_metadata(generated_dataset)}
+    assert set(rows) == set(truth)
+    for video_id, rec in truth.items():
+        row = rows[video_id]
+        assert (row[LABEL], row[SOURCE_ID], row[URI]) == (rec["label"], rec["source_id"], str(generated_dataset / rec["file"]))
+        assert row[METHOD] == rec["family"]
+        assert "boxes" not in json.loads(row[META])  # per-frame ground truth stays in metadata.jsonl
+
+
 # ---- manifest files ----------------------------------------------------------------------------
 
 
@@ -460,6 +475,13 @@ def test_write_manifest_needs_all_columns(tmp_path: Path) -> None:
         write_manifest(pa.table({VIDEO_ID: ["a"]}), str(tmp_path / "m.parquet"))
     assert len(MANIFEST_COLUMNS) == len(MANIFEST_SCHEMA)
 
+
+def test_malformed_csv_manifest_names_its_line(tmp_path: Path) -> None:
+    _write(tmp_path, "m.csv", "video_id,uri,label\na,/a.mp4,0\nb,/b.mp4,1,extra\n")
+    with pytest.raises(ManifestError, match=r"m\.csv, line 3: more fields than the header"):
+        read_manifest(str(tmp_path / "m.csv"))
+    with pytest.raises(ManifestError, match=r"must end in"):
+        write_manifest(pa.table({}), str(tmp_path / "m.txt"))
 
 # ---- S3 (moto) ---------------------------------------------------------------------------------
 
@@ -535,25 +557,3 @@ def test_celebdf_on_s3_matches_local(s3_env: str, tmp_path: Path) -> None:
     write_manifest(remote, "s3://bucket/manifests/celeb.parquet")
     assert read_manifest("s3://bucket/manifests/celeb.parquet").equals(remote)
 
-
-def test_make_dataset_output_reads_as_folders(generated_dataset: Path) -> None:
-    from raydf.synth import read_metadata
-
-    table = build_manifest(str(generated_dataset))
-    _assert_valid_manifest(table)
-    rows = _by_id(table)
-    truth = {rec["video_id"]: rec for rec in read_metadata(generated_dataset)}
-    assert set(rows) == set(truth)
-    for video_id, rec in truth.items():
-        row = rows[video_id]
-        assert (row[LABEL], row[SOURCE_ID], row[URI]) == (rec["label"], rec["source_id"], str(generated_dataset / rec["file"]))
-        assert row[METHOD] == rec["family"]
-        assert "boxes" not in json.loads(row[META])  # per-frame ground truth stays in metadata.jsonl
-
-
-def test_malformed_csv_manifest_names_its_line(tmp_path: Path) -> None:
-    _write(tmp_path, "m.csv", "video_id,uri,label\na,/a.mp4,0\nb,/b.mp4,1,extra\n")
-    with pytest.raises(ManifestError, match=r"m\.csv, line 3: more fields than the header"):
-        read_manifest(str(tmp_path / "m.csv"))
-    with pytest.raises(ManifestError, match=r"must end in"):
-        write_manifest(pa.table({}), str(tmp_path / "m.txt"))
