@@ -561,7 +561,9 @@ def _ffpp_rows(r: _Root, dataset: str, compression: str, methods: tuple[str, ...
                 )
             )
         if unparsed:
-            log.warning("%s: %d file names not in the expected pattern; source_id = own stem, split ''", r.uri(directory), unparsed)
+            log.warning(
+                "%s: %d file names not in the expected pattern; source_id = own stem, split ''", r.uri(directory), unparsed
+            )
     return rows
 
 
