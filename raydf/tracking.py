@@ -1,0 +1,145 @@
+"""MLflow tracking: where runs go, and the small helpers every stage uses.
+
+Default store: ``sqlite:////<RAYDF_HOME>/mlflow.db`` with artifacts under
+``<RAYDF_HOME>/mlartifacts`` (absolute paths, so runs submitted as Ray jobs,
+whose working dir is a temporary copy, land in the same store as local runs).
+``RAYDF_HOME`` defaults to the project directory (the nearest ancestor of the
+current directory holding raydf's ``pyproject.toml``), or ``~/.raydf`` inside a
+Ray job's temporary working dir. ``MLFLOW_TRACKING_URI`` or ``--tracking-uri``
+points runs anywhere else (an ``mlflow server``, Postgres, ...).
+
+Secrets never reach MLflow: params are flattened configs, and any value that
+looks like a credential or a URL with user info is redacted (:func:`safe_params`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "raydf_home",
+    "default_tracking_uri",
+    "resolve_tracking_uri",
+    "get_or_create_experiment",
+    "flatten",
+    "safe_params",
+    "redact",
+    "log_parquet_dataset",
+]
+
+EXTRACT_EXPERIMENT = "raydf-extract"
+TRAIN_EXPERIMENT = "raydf-train"
+TUNE_EXPERIMENT = "raydf-tune"
+
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
+_SECRET_KEY = re.compile(r"(secret|password|token|credential|access_key)", re.I)
+
+
+def raydf_home() -> Path:
+    """The directory that holds the default MLflow store (see module docstring)."""
+    env = os.environ.get("RAYDF_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if "runtime_resources" in cwd.parts or "working_dir_files" in str(cwd):
+        return (Path.home() / ".raydf").resolve()
+    for d in (cwd, *cwd.parents):
+        pp = d / "pyproject.toml"
+        if pp.is_file() and re.search(r'^name\s*=\s*"raydf"', pp.read_text(errors="ignore"), re.M):
+            return d
+    return cwd
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the absolute sqlite store under :func:`raydf_home`."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    home = raydf_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"  # home is absolute: four slashes in all
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """An explicit URI wins; a relative sqlite path is made absolute (a Ray job's cwd is temporary)."""
+    uri = uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def get_or_create_experiment(name: str, artifact_root: str | None = None) -> str:
+    """Experiment id of ``name``; new experiments get an absolute artifact location.
+
+    With a sqlite/file store, MLflow's default artifact root is ``./mlruns`` relative to the
+    process's cwd; pin it to ``<RAYDF_HOME>/mlartifacts`` (or ``artifact_root``) instead.
+    """
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = mlflow.get_tracking_uri()
+    location = artifact_root
+    if location is None and (uri.startswith("sqlite:") or uri.startswith("file:") or uri.startswith("/")):
+        location = (raydf_home() / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another worker/trial
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b": v}``; lists/tuples/dicts as JSON strings."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple, Mapping)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def redact(text: str) -> str:
+    """Remove secret values of the environment and user info of URLs from ``text``."""
+    for name in _SECRET_ENV:
+        val = os.environ.get(name)
+        if val and len(val) >= 4:
+            text = text.replace(val, "***")
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+
+
+def safe_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened params as strings, with credential-looking keys dropped and values redacted."""
+    out = {}
+    for k, v in flatten(params).items():
+        if _SECRET_KEY.search(k):
+            continue
+        out[k] = redact("" if v is None else str(v))[:6000]
+    return out
+
+
+def log_parquet_dataset(uri: str, *, name: str, digest: str, context: str, num_rows: int | None = None) -> None:
+    """Log a Parquet dataset by reference (no data loaded) as an input of the active run."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = resolve_dataset_source(uri)
+    ds = MetaDataset(source=source, name=name, digest=digest[:36])
+    tags = {"num_rows": str(num_rows)} if num_rows is not None else None
+    mlflow.log_input(ds, context=context, tags=tags)
