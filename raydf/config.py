@@ -107,6 +107,10 @@ class ExtractConfig:
     content: ContentConfig = field(default_factory=ContentConfig)
     style: StyleConfig = field(default_factory=StyleConfig)
     layout: str = "auto"  # folders | ffpp | celebdf | dfdc | auto
+    ffpp_compression: str = "c23"  # FF++ quality: raw | c23 | c40
+    ffpp_methods: tuple[str, ...] = (
+        "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection",
+    )  # FF++ manipulation methods to include
     crop_actors: tuple[int, int] = (1, 1)  # (min, max) CPU face-crop actors
     feature_actors: tuple[int, int] = (1, 1)  # (min, max) feature actors
     cpus_per_crop_actor: float = 1.0
@@ -203,6 +207,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",")]
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            return tuple(_coerce(args[0], v, where) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value))

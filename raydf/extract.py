@@ -291,7 +291,9 @@ def run_extraction(
     cfg = cfg or ExtractConfig()
     t_start = time.perf_counter()
     if manifest is None:
-        manifest = build_manifest(input_uri, cfg.layout)
+        manifest = build_manifest(
+            input_uri, cfg.layout, ffpp_compression=cfg.ffpp_compression, ffpp_methods=cfg.ffpp_methods
+        )
     provenance = expected_provenance(cfg)
     fconf = feature_config(cfg)
     store = FeatureStore(output_uri)
