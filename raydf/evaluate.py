@@ -389,7 +389,8 @@ def plot_decision_boundary(embeddings: Any, labels: Any, probs: Any, threshold: 
         ok, bad = (y == cls) & ~wrong, (y == cls) & wrong
         ax.scatter(xy[ok, 0], xy[ok, 1], c=color, s=18, edgecolors="k", linewidths=0.3, label=CLASS_NAMES[cls])
         if bad.any():
-            ax.scatter(xy[bad, 0], xy[bad, 1], c=color, s=40, marker="X", edgecolors="k", linewidths=0.5, label=f"{CLASS_NAMES[cls]} (misclassified)")
+            label = f"{CLASS_NAMES[cls]} (misclassified)"
+            ax.scatter(xy[bad, 0], xy[bad, 1], c=color, s=40, marker="X", edgecolors="k", linewidths=0.5, label=label)
     fig.colorbar(cs, ax=ax, label="model P(fake), kNN in this plane")
     ev = pca.explained_variance_ratio_
     ax.set(title="Decision boundary of the fused embedding", xlabel=f"PC1 ({ev[0]:.0%})", ylabel=f"PC2 ({ev[1]:.0%})")

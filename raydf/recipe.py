@@ -64,7 +64,8 @@ def mixup(
     With probability ``prob`` one ``lam ~ Beta(alpha, alpha)`` and one permutation ``j`` of
     the batch are drawn, and content, style and label are all mixed with them:
     ``x~ = lam * x_i + (1 - lam) * x_j``. Otherwise the inputs come back unchanged
-    (labels as float). ``alpha == 0`` disables mixup (Beta(0, 0) is undefined).
+    (labels as float). ``alpha == 0`` disables mixup (Beta(0, 0) is undefined), and a batch
+    of one is never mixed (it could only mix with itself).
 
     The face-validity mask of a mixed sample is ``valid_i & valid_j``: a mixed style code
     at frame t is a meaningful face only if both sources had a face there; where one did
