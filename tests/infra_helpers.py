@@ -7,9 +7,9 @@ machine's state and from other Ray clusters running beside it:
 * its own ``HOME``, auth token (``RAY_AUTH_TOKEN_PATH``) and ``--temp-dir``;
 * free ports on 127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes
   every node, the fake workers included, pick the loopback address);
-* teardown ends exactly the processes this cluster started (its process group,
-  anything naming its temp dir, and their children), by pid. ``ray stop`` is
-  not used: it kills every Ray process on the machine, other sessions' too.
+* teardown ends exactly the processes this cluster started (those naming its
+  temp dir or GCS address, and their children), by pid. ``ray stop`` is not
+  used: it kills every Ray process on the machine, other sessions' too.
 """
 
 from __future__ import annotations
@@ -173,15 +173,22 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _processes_of(pgid: int, marker: str) -> dict[int, psutil.Process]:
-    """Processes in process group ``pgid`` or naming ``marker`` on their command line, plus their children."""
+def _processes_of(temp_root: str, gcs_address: str) -> dict[int, psutil.Process]:
+    """This cluster's processes: those naming its temp dir or its GCS address, plus their children.
+
+    Every process a Ray node starts directly names one of the two on its
+    command line (``--session-dir``, ``--address``...); workers and agents are
+    their children. Nothing is matched by program name.
+    """
+    addr = re.compile(re.escape(gcs_address) + r"(?!\d)")
     found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if os.getpgid(proc.pid) == pgid or marker in " ".join(proc.info["cmdline"] or ()):
-                found[proc.pid] = proc
-        except (psutil.Error, ProcessLookupError, PermissionError):
+            cmdline = " ".join(proc.info["cmdline"] or ())
+        except psutil.Error:
             continue
+        if temp_root in cmdline or addr.search(cmdline):
+            found[proc.pid] = proc
     for proc in list(found.values()):
         try:
             for child in proc.children(recursive=True):
@@ -221,7 +228,6 @@ class FakeCluster:
     dashboard_url: str
     token: str
     env: dict[str, str]  # environment of an authorised client (and of the cluster)
-    pgid: int
 
     @property
     def headers(self) -> dict[str, str]:
@@ -318,7 +324,7 @@ class FakeCluster:
 
     def stop(self, *, keep_files: bool = False) -> None:
         """End every process this cluster started (by pid), then drop its temp files."""
-        end_processes(_processes_of(self.pgid, str(self.root)))
+        end_processes(_processes_of(str(self.root), self.gcs_address))
         if not keep_files:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -401,7 +407,6 @@ def start_fake_cluster(yaml_path: Path = FAKE_CLUSTER_YAML, *, head_cpus: int = 
         dashboard_url=f"http://127.0.0.1:{dash_port}",
         token=token_path.read_text().strip(),
         env=env,
-        pgid=proc.pid,
     )
     try:
         returncode = proc.wait(timeout=timeout)
