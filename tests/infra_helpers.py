@@ -507,6 +507,42 @@ def run_placement_job(
     return PlacementRun(str(status), logs, submit_s, first_seen, job_s, scale_down_s, stage_nodes, node_types)
 
 
+def documented_command(markdown: str, startswith: str, must_contain: str = "") -> list[str]:
+    """The first command in a fenced bash block of ``markdown`` that starts with ``startswith``.
+
+    Backslash continuations are joined; the command is split like a shell would.
+    """
+    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line.startswith(startswith) and must_contain in line:
+                return shlex.split(line, comments=True)
+    raise AssertionError(f"no documented command starting with {startswith!r} containing {must_contain!r}")
+
+
+def replace_option(argv: list[str], option: str, value: str) -> list[str]:
+    """Copy of ``argv`` with the value after ``option`` replaced (the option must be there)."""
+    i = argv.index(option)
+    return [*argv[: i + 1], value, *argv[i + 2 :]]
+
+
+def popen_logged(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start a server with its output in ``log`` (not a pipe nobody reads)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def end_process_tree(proc: subprocess.Popen) -> None:
+    """End ``proc`` and its children, by pid."""
+    try:
+        root = psutil.Process(proc.pid)
+        procs = {p.pid: p for p in root.children(recursive=True)}
+        procs[root.pid] = root
+    except psutil.NoSuchProcess:
+        return
+    end_processes(procs)
+
+
 def wait_for(predicate, *, timeout: float, interval: float = 0.5, what: str = "condition"):
     """Poll ``predicate()`` until it returns a truthy value; return it, or raise TimeoutError."""
     deadline = time.monotonic() + timeout
@@ -536,6 +572,8 @@ __all__ = [
     "PYPROJECT",
     "REPO",
     "custom_resources",
+    "documented_command",
+    "end_process_tree",
     "end_processes",
     "free_ports",
     "image_ray_version",
@@ -544,6 +582,8 @@ __all__ = [
     "parse_marker_line",
     "pinned_versions",
     "pip_installs",
+    "popen_logged",
+    "replace_option",
     "run_placement_job",
     "start_fake_cluster",
     "uncommented_keys",

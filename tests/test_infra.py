@@ -3,14 +3,18 @@
 Static tests read the YAML files (no network, no cloud account). The
 integration tests start a head node with Ray's fake multi-node autoscaler on
 127.0.0.1 (see tests/infra_helpers.py) and submit jobs to it with
-``ray job submit``.
+``ray job submit``, and run the MLflow server exactly as infra/README.md
+documents it, against moto's S3.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -21,14 +25,20 @@ from tests.infra_helpers import (
     FAKE_CLUSTER_YAML,
     INFRA,
     custom_resources,
+    documented_command,
+    end_process_tree,
+    free_ports,
     image_ray_version,
     load_yaml,
     pinned_versions,
     pip_installs,
+    popen_logged,
+    replace_option,
     run_placement_job,
     start_fake_cluster,
     uncommented_keys,
     validate_cluster_config,
+    wait_for,
 )
 from raydf.config import ExtractConfig, TrainConfig, load_config
 
@@ -332,7 +342,7 @@ def test_job_submit_requires_the_token(fake_cluster):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_fake_cluster_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_cluster):
-    from tests.infra_helpers import parse_marker_line, wait_for
+    from tests.infra_helpers import parse_marker_line
 
     # Start from a head-only cluster (an earlier test's workers must have gone).
     wait_for(lambda: not fake_cluster.alive_workers(), timeout=90, what="no worker nodes before the job")
@@ -366,3 +376,73 @@ def test_fake_cluster_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_clus
     assert HEAD not in run.stage_nodes["CropProbe"] + run.stage_nodes["FeatureProbe"]
     # Idle workers went away (run_placement_job raised otherwise), none is left.
     assert run.scale_down_s is not None and fake_cluster.alive_workers() == {}
+
+
+# --------------------------------------------------------------------------- MLflow server
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_documented_mlflow_server_keeps_runs_in_sqlite_and_artifacts_in_s3(tmp_path):
+    import boto3
+    from mlflow import MlflowClient
+
+    argv = documented_command(README.read_text(), "mlflow server", "--host 127.0.0.1")
+    assert argv[argv.index("--backend-store-uri") + 1].startswith("sqlite:////")  # absolute path
+    assert argv[argv.index("--workers") + 1] == "1"
+    assert argv[argv.index("--artifacts-destination") + 1].startswith("s3://")
+
+    s3_port, mlflow_port = free_ports(2)
+    s3_url = f"http://127.0.0.1:{s3_port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=s3_url,  # moto stands in for S3
+        MLFLOW_S3_ENDPOINT_URL=s3_url,
+    )
+    bin_dir = Path(sys.executable).parent
+    argv = replace_option(argv, "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    argv = replace_option(argv, "--artifacts-destination", argv[argv.index("--artifacts-destination") + 1].replace("<BUCKET>", "raydf"))
+    argv = replace_option(argv, "--port", str(mlflow_port))
+    argv[0] = str(bin_dir / "mlflow")
+
+    procs = [popen_logged([str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], tmp_path / "moto.log", env)]
+    try:
+        s3 = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+
+        def s3_up():
+            try:
+                return requests.get(s3_url, timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(s3_up, timeout=30, what="moto S3")
+        s3.create_bucket(Bucket="raydf")
+        procs.append(popen_logged(argv, tmp_path / "mlflow.log", env))
+        server = f"http://127.0.0.1:{mlflow_port}"
+
+        def healthy():
+            try:
+                return requests.get(f"{server}/health", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, timeout=90, what="mlflow server /health")
+
+        client = MlflowClient(tracking_uri=server)
+        run = client.create_run(client.create_experiment("infra-smoke"))
+        client.log_metric(run.info.run_id, "auc", 0.5)
+        (tmp_path / "model-card.txt").write_text("raydf")
+        client.log_artifact(run.info.run_id, str(tmp_path / "model-card.txt"))
+
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: clients need no S3 rights
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="raydf").get("Contents", [])]
+        assert any(k.startswith("mlflow-artifacts/") and k.endswith(f"{run.info.run_id}/artifacts/model-card.txt") for k in keys), keys
+        assert client.get_run(run.info.run_id).data.metrics == {"auc": 0.5}
+        assert (tmp_path / "mlflow.db").stat().st_size > 0
+    finally:
+        for proc in reversed(procs):
+            end_process_tree(proc)
