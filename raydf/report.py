@@ -1,0 +1,94 @@
+"""What a training run leaves in MLflow: test metrics, tables, plots, ROC data, predictions, the model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raydf import evaluate as E
+from raydf.predict import BUNDLE_FILE, ModelBundle, PackedFusion, Predictions
+
+log = logging.getLogger(__name__)
+
+__all__ = ["log_training_report", "METRIC_KEYS"]
+
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "eer", "log_loss")
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj, indent=2, allow_nan=False, default=float))
+    return path
+
+
+def log_training_report(
+    bundle: ModelBundle,
+    history: list[dict[str, Any]],
+    evaluations: dict[str, Predictions],
+    features_uri: str,
+    ids: dict[str, list[str]],
+    out_dir: Path,
+) -> dict[str, dict[str, Any]]:
+    """Log the report of a finished training to the active MLflow run; returns metrics per evaluation."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    E.save_figure(E.plot_curves(history), plots / "curves.png")
+    E.save_figure(E.plot_lr(history), plots / "lr_schedule.png")
+    results: dict[str, dict[str, Any]] = {}
+    for name, pred in evaluations.items():
+        m = E.compute_metrics(pred.labels, pred.probs, threshold=bundle.threshold)
+        results[name] = m
+        mlflow.log_metrics({f"{name}_{k}": float(m[k]) for k in METRIC_KEYS if np.isfinite(m[k])})
+        mlflow.log_metrics({f"{name}_n": m["n"], f"{name}_n_fake": m["n_fake"], f"{name}_n_real": m["n_real"]})
+        E.save_figure(E.plot_confusion(m["confusion_matrix"], title=f"Confusion matrix ({name})"), plots / f"confusion_{name}.png")
+        if 0 < m["n_fake"] < m["n"]:
+            E.save_figure(E.plot_roc(pred.labels, pred.probs), plots / f"roc_{name}.png")
+            roc = E.roc_points(pred.labels, pred.probs)
+            thresholds = [float(t) if np.isfinite(t) else 1e308 for t in roc["thresholds"]]  # strict JSON
+            _write_json(out_dir / f"roc_{name}.json", {"fpr": roc["fpr"].tolist(), "tpr": roc["tpr"].tolist(), "thresholds": thresholds, "roc_auc": m["roc_auc"]})
+            mlflow.log_artifact(str(out_dir / f"roc_{name}.json"), "evaluation")
+        report = "\n\n".join(
+            [f"# {name}", E.overall_table(m), E.classification_report_table(pred.labels, pred.probs, threshold=bundle.threshold)]
+        )
+        (out_dir / f"report_{name}.md").write_text(report + "\n")
+        mlflow.log_artifact(str(out_dir / f"report_{name}.md"), "evaluation")
+        rows = ["video_id,label,method,fake_probability"] + [
+            f"{i},{int(y)},{mth},{p:.8f}" for i, y, mth, p in zip(pred.ids, pred.labels, pred.methods, pred.probs)
+        ]
+        (out_dir / f"predictions_{name}.csv").write_text("\n".join(rows) + "\n")
+        mlflow.log_artifact(str(out_dir / f"predictions_{name}.csv"), "evaluation")
+    main = evaluations.get("test") or next(iter(evaluations.values()), None)
+    if main is not None:
+        E.save_figure(E.plot_style_trajectories(main.style_sample, main.label_sample, main.valid_sample), plots / "style_trajectories.png")
+        E.save_figure(E.plot_decision_boundary(main.embeddings, main.labels, main.probs, threshold=bundle.threshold), plots / "decision_boundary.png")
+    mlflow.log_artifacts(str(plots), "plots")
+    _write_json(out_dir / "history.json", history)
+    mlflow.log_artifact(str(out_dir / "history.json"))
+    if (out_dir / "tensorboard").exists():
+        mlflow.log_artifacts(str(out_dir / "tensorboard"), "tensorboard")
+
+    # The model: a pyfunc-servable packed module, with the raydf bundle inside for `raydf detect`.
+    t, k = bundle.num_frames, max(1, bundle.num_frames // int(bundle.extract["feature_config"]["content"]["clip_len"]))
+    packed = PackedFusion(bundle.model(), t, k).eval()
+    example = PackedFusion.pack(np.zeros((1, k, 2048), np.float32), np.zeros((1, t, 512), np.float32), np.ones((1, t), bool))
+    with torch.inference_mode():
+        out = packed(torch.from_numpy(example)).numpy()
+    bundle_path = out_dir / BUNDLE_FILE
+    mlflow.pytorch.log_model(
+        packed,
+        name="model",
+        signature=infer_signature(example, out),
+        input_example=example,
+        extra_files=[str(bundle_path)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "raydf"],
+        serialization_format="pickle",  # torch.export cannot trace the packed GRU
+    )
+    mlflow.set_tag("raydf.model", "logged")
+    return results
