@@ -80,7 +80,7 @@ def get_or_create_experiment(name: str, artifact_root: str | None = None) -> str
     """Experiment id of ``name``; new experiments get an absolute artifact location.
 
     With a sqlite/file store, MLflow's default artifact root is ``./mlruns`` relative to the
-    process's cwd; pin it to ``<RAYDF_HOME>/mlartifacts`` (or ``artifact_root``) instead.
+    process's cwd; pin it to ``mlartifacts/`` beside the sqlite database (or ``artifact_root``).
     """
     import mlflow
 
@@ -89,7 +89,9 @@ def get_or_create_experiment(name: str, artifact_root: str | None = None) -> str
         return exp.experiment_id
     uri = mlflow.get_tracking_uri()
     location = artifact_root
-    if location is None and (uri.startswith("sqlite:") or uri.startswith("file:") or uri.startswith("/")):
+    if location is None and uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()  # beside the database
+    elif location is None and (uri.startswith("file:") or uri.startswith("/")):
         location = (raydf_home() / "mlartifacts").as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
