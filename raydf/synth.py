@@ -1,22 +1,25 @@
 """A generated deepfake dataset: paired real/fake H.264 videos of one real face.
 
 Every real video is a virtual camera moving smoothly over ``skimage.data.astronaut()``
-(pan, zoom, slight rotation, lighting drift, mild sensor grain). Its fake shares the
-motion, length, grain and encoder settings and differs only inside a soft ellipse
-over the face, manipulated by one of two families:
+(pan, zoom, slight roll, lighting drift, mild sensor grain), 20-60 frames long by
+default, every sixth one very short (1-8 frames). Its fake shares the motion, length,
+grain and encoder settings and differs only inside a soft ellipse over the face,
+manipulated by one of two families:
 
 ``blend`` (FaceSwap-like)
     a geometric variant of the face (mirrored, rescaled, rotated, shifted) is
-    pasted through a feathered elliptical mask; its blend weight and offset jitter
-    from frame to frame.
+    pasted through a feathered elliptical mask; its blend weight and offset
+    jitter from frame to frame.
 ``flicker`` (NeuralTextures-like)
-    the face is re-rendered slightly blurred, wobbled by a per-frame random warp
-    and tinted by a per-frame zero-mean colour gradient.
+    the face is re-rendered slightly blurred, wobbled by a warp whose phase
+    jitters from frame to frame, and tinted by a colour gradient across the face
+    whose strength wanders from frame to frame.
 
-Both families re-match the face region's per-channel mean and standard deviation
-to the real frame, and the grain (identical in a pair) dominates file size and
-frame differences, so coarse statistics cannot tell real from fake while the
-face region carries a consistent spatial and temporal artefact.
+Both families re-match the face box's per-channel mean and standard deviation to
+the real frame's, the jitter is smooth (AR(1)) rather than white, and the grain
+shared by a pair keeps the encoder busy, so face statistics, frame differences and
+file sizes cannot tell real from fake while the face region carries a consistent
+spatial and temporal artefact. ``SynthConfig.strength`` scales every artefact.
 
 Ground-truth face boxes are the box ``facenet_pytorch.MTCNN(keep_all=True)`` draws on
 the astronaut image (:data:`ASTRONAUT_FACE_BOX`), carried through each frame's
