@@ -675,7 +675,8 @@ def make_dataset(
 
     Pair ``i`` uses family ``families[i % len(families)]``. Every ``config.short_every``-th
     video is very short (``config.short_frames``, 1-8 frames by default); the others have
-    ``min_frames``..``max_frames`` frames.
+    ``min_frames``..``max_frames`` frames. Pair ``i`` depends only on the arguments and ``i``,
+    so a larger dataset extends a smaller one with the same seed.
 
     ``out/metadata.jsonl`` holds one JSON object per video (a real, then its fake), written
     last, with keys: ``video_id`` ("0003" / "0003_blend"), ``file`` ("real/0003.mp4"),

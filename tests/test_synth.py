@@ -161,6 +161,16 @@ def test_same_seed_gives_byte_identical_datasets(tmp_path: Path) -> None:
     assert set(a) == set(c) and all(a[k] != c[k] for k in a)  # another seed: another dataset
 
 
+def test_a_larger_dataset_extends_a_smaller_one(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "two", videos=2, seed=9, min_frames=3, max_frames=6)
+    make_dataset(tmp_path / "three", videos=3, seed=9, min_frames=3, max_frames=6)
+    two, three = _tree_hashes(tmp_path / "two"), _tree_hashes(tmp_path / "three")
+    videos = {k: v for k, v in two.items() if k.endswith(".mp4")}
+    assert len(videos) == 4 and videos.items() <= three.items()
+    lines = (tmp_path / "three" / METADATA_FILE).read_text().splitlines(keepends=True)
+    assert "".join(lines[:4]) == (tmp_path / "two" / METADATA_FILE).read_text()
+
+
 def test_zero_strength_fakes_equal_their_reals(tmp_path: Path) -> None:
     cfg = dataclasses.replace(SynthConfig(), strength=0.0)
     make_dataset(tmp_path, videos=2, seed=1, min_frames=5, max_frames=8, config=cfg)
