@@ -100,13 +100,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=None, help="real videos to generate (each gets a paired fake)")
     p.add_argument("--tracking-uri", default=None)
 
+    p = sub.add_parser("train", help="Ray Train: fit the fusion classifier on extraction Parquet, log to MLflow")
+    p.add_argument("--features", required=True, help="extraction output (local or s3://)")
+    p.add_argument("--config", help="TrainConfig YAML (flags below override it)")
+    p.add_argument("--epochs", type=int, default=None, help="max epochs (early stopping may end sooner)")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers")
+    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--mixup-alpha", type=float, default=None)
+    p.add_argument("--storage", default=None, help="Ray Train storage path for checkpoints (local or s3://)")
+    p.add_argument("--name", default=None, help="run name")
+    p.add_argument("--test-features", action="append", default=[], metavar="NAME=URI", help="also evaluate on another dataset")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="MLflow tag, e.g. dataset=ffpp")
+    p.add_argument("--tracking-uri", default=None)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained model on one or more feature sets (cross-dataset)")
+    p.add_argument("--model", default=None, help="bundle path, runs:/<id>/model or models:/<name>/<v> (default: newest)")
+    p.add_argument("--features", action="append", required=True, metavar="[NAME=]URI")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("detect", help="fake probability of one video")
+    p.add_argument("video")
+    p.add_argument("--model", default=None, help="bundle path, runs:/<id>/model or models:/<name>/<v> (default: newest)")
+    p.add_argument("--style-weights", default=None)
+    p.add_argument("--content-weights", default=None)
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     for extra in _EXTRA_PARSERS:
         extra(sub)
     return parser
 
 
-# Later stages register their subcommand parsers here (train, evaluate, detect, tune, compare).
+# Later stages register their subcommand parsers here (tune, compare).
 _EXTRA_PARSERS: list[Callable[[Any], None]] = []
+
+
+def _named(items: list[str]) -> dict[str, str]:
+    out = {}
+    for i, item in enumerate(items):
+        name, sep, value = item.partition("=")
+        if not sep or "://" in name or "/" in name:
+            name, value = f"features{i}" if i else "features", item
+        out[name] = value
+    return out
 
 
 # ---- handlers ---------------------------------------------------------------------------------
@@ -132,6 +172,68 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+@_handler("train")
+def _train(args: argparse.Namespace) -> int:
+    from raydf.config import TrainConfig, load_config, to_dict
+    from raydf.train import run_training
+
+    base = to_dict(load_config(TrainConfig, args.config))
+    for flag, key in (("epochs", "max_epochs"), ("workers", "num_workers"), ("cpus_per_worker", "cpus_per_worker"),
+                      ("batch_size", "batch_size"), ("lr", "lr"), ("mixup_alpha", "mixup_alpha")):
+        if getattr(args, flag) is not None:
+            base[key] = getattr(args, flag)
+    if args.use_gpu:
+        base["use_gpu"] = True
+    cfg = load_config(TrainConfig, base)
+    result = run_training(
+        args.features, cfg, storage_path=args.storage, name=args.name, tracking_uri=args.tracking_uri,
+        tags=_named(args.tag), extra_test=_named(args.test_features),
+    )
+    print(f"splits {result.splits}, excluded {result.excluded}, best epoch {result.best_epoch}")
+    for name, m in result.test_metrics.items():
+        print(f"{name}: " + ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "eer", "log_loss")))
+    print(f"model: {result.model_path}")
+    if result.run_id:
+        print(f"mlflow run: {result.run_id}")
+    return 0
+
+
+@_handler("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from raydf.evaluate import classification_report_table, overall_table
+    from raydf.predict import evaluate_datasets, resolve_model
+
+    bundle, source = resolve_model(args.model, args.tracking_uri)
+    results = evaluate_datasets(bundle, _named(args.features))
+    if args.json:
+        print(dumps({name: m for name, (m, _) in results.items()}))
+        return 0
+    print(f"model: {source}")
+    for name, (m, pred) in results.items():
+        print(f"\n## {name} ({m['n']} videos: {m['n_real']} real, {m['n_fake']} fake)\n")
+        print(overall_table(m))
+        print()
+        print(classification_report_table(pred.labels, pred.probs, threshold=bundle.threshold))
+    return 0
+
+
+@_handler("detect")
+def _detect(args: argparse.Namespace) -> int:
+    from raydf.predict import detect
+
+    out = detect(args.video, model=args.model, tracking_uri=args.tracking_uri,
+                 style_weights=args.style_weights, content_weights=args.content_weights)
+    if args.json:
+        print(dumps(out))
+    else:
+        print(f"{out['video']}: {out['label'].upper()}  P(fake) = {out['fake_probability']:.4f}  "
+              f"(valid faces {out['valid_face_fraction']:.0%}, {out['timing_s']['total']:.2f}s)")
+        print(f"model: {out['model']}")
+        if out["low_face_warning"]:
+            print("warning: few frames with a detected face; the score is less reliable")
+    return 0
+
+
 @_handler("demo")
 def _demo(args: argparse.Namespace) -> int:
     from raydf.demo import run_demo
@@ -147,16 +249,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from raydf.config import ConfigError
     from raydf.datasets import ManifestError
     from raydf.models.weights import WeightsError
+    from raydf.predict import DetectError
     from raydf.store import ExtractConfigMismatch
     from raydf.video import VideoDecodeError
 
-    from raydf.config import ConfigError
-
+    expected = (ConfigError, ManifestError, WeightsError, ExtractConfigMismatch, VideoDecodeError, DetectError, FileNotFoundError)
     try:
         return _HANDLERS[args.command](args)
-    except (ConfigError, ManifestError, WeightsError, ExtractConfigMismatch, VideoDecodeError, FileNotFoundError) as exc:
+    except expected as exc:
         print(f"raydf {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

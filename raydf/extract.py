@@ -103,6 +103,12 @@ def _read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def _local_path(uri: str) -> str | None:
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    return None if "://" in uri else uri
+
+
 class CropStage:
     """CPU stage: manifest rows -> sampled frames -> 256x256 face-track crops (uint8) + per-frame flags."""
 
@@ -115,17 +121,20 @@ class CropStage:
         out: dict[str, Any] = {k: row.get(k) for k in S.MANIFEST_COLUMNS}
         t_num = self.cfg.video.num_frames
         out.update({S.NUM_SAMPLED: t_num, S.STATUS: S.STATUS_ERROR, CROPS: b"", S.T_READ: 0.0, S.T_DECODE: 0.0, S.T_FACES: 0.0})
+        uri = row[S.URI]
+        local = _local_path(uri)
         t0 = time.perf_counter()
         try:
-            if data is None:
-                data = _read_bytes(row[S.URI])
+            if data is None and local is None:
+                data = _read_bytes(uri)
         except Exception as exc:  # missing object, permissions, network...
-            out[S.ERROR] = f"cannot read {row[S.URI]}: {type(exc).__name__}: {exc}"
+            out[S.ERROR] = f"cannot read {uri}: {type(exc).__name__}: {exc}"
             return out
         t1 = time.perf_counter()
         out[S.T_READ] = t1 - t0
         try:
-            video = read_video(data, t_num, backend=self.cfg.video.backend, name=row[S.URI])
+            # Local files are decoded in place; object-store bytes are spilled to tmpfs for OpenCV.
+            video = read_video(data if data is not None else local, t_num, backend=self.cfg.video.backend, name=uri)
         except VideoDecodeError as exc:
             out[S.ERROR] = str(exc)
             out[S.T_DECODE] = time.perf_counter() - t1
@@ -423,7 +432,9 @@ def extract_one(
     row = {S.VIDEO_ID: path, S.URI: path, S.LABEL: None, S.DATASET: "", S.SPLIT: "", S.SOURCE_ID: "", S.METHOD: "", S.COMPRESSION: "", S.META: "{}"}
     cropped = crop_stage.crop(row)
     if cropped[S.STATUS] != S.STATUS_OK:
-        raise VideoDecodeError(path, cropped[S.ERROR])
+        prefix = f"cannot decode video {path}: "
+        msg = cropped[S.ERROR]
+        raise VideoDecodeError(path, msg[len(prefix) :] if msg.startswith(prefix) else msg)
     (out,) = feature_stage.rows([cropped])
     if out[S.STATUS] != S.STATUS_OK:
         raise RuntimeError(out[S.ERROR])

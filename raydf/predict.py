@@ -288,3 +288,27 @@ def detect(
             "features": t_feat - t_load,
         },
     }
+
+
+def evaluate_datasets(bundle: ModelBundle, datasets: dict[str, str]) -> dict[str, tuple[dict[str, Any], Predictions]]:
+    """Metrics of the model on several feature directories, in one call.
+
+    The dataset the model was trained on is scored on its test split only (the same
+    deterministic split as training); any other dataset (cross-dataset) on all its usable rows.
+    """
+    from raydf.config import TrainConfig
+    from raydf.evaluate import compute_metrics
+    from raydf.train import assign_splits, load_index
+
+    out = {}
+    for name, uri in datasets.items():
+        ids = None
+        if bundle.train.get("features") == uri:
+            cfg = load_config(TrainConfig, bundle.train["config"])
+            assignment, _ = assign_splits(load_index(uri), cfg)
+            ids = sorted(v for v, s in assignment.items() if s == "test")
+            if not ids:
+                raise ValueError(f"{uri} is the model's training data and has no test split")
+        pred = predict_features(bundle, uri, ids)
+        out[name] = (compute_metrics(pred.labels, pred.probs, threshold=bundle.threshold), pred)
+    return out
