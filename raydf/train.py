@@ -118,6 +118,32 @@ def feature_dataset(features_uri: str, ids: list[str]):  # noqa: ANN201 - ray.da
     return ds.map_batches(_select_split, fn_kwargs={"ids": wanted}, batch_format="pyarrow", batch_size=64)
 
 
+def _moments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-batch sums for the feature standardisation (style over valid frames only)."""
+    c = batch[B_CONTENT].reshape(-1, batch[B_CONTENT].shape[-1]).astype(np.float64)  # (B*K, 2048)
+    v = batch[B_VALID].reshape(-1)
+    s = batch[B_STYLE].reshape(-1, batch[B_STYLE].shape[-1])[v].astype(np.float64)  # (n_valid, 512)
+    return {
+        "c_n": np.array([c.shape[0]]), "c_sum": c.sum(0)[None], "c_sq": (c * c).sum(0)[None],
+        "s_n": np.array([s.shape[0]]), "s_sum": s.sum(0)[None], "s_sq": (s * s).sum(0)[None],
+    }  # fmt: skip
+
+
+def feature_stats(ds) -> dict[str, list[float]]:  # noqa: ANN001 - ray.data.Dataset
+    """Per-dimension mean/std of content and (valid-frame) style over a dataset, computed in Ray Data."""
+    parts = ds.map_batches(_moments, batch_format="numpy", batch_size=64).take_all()
+    tot = {k: sum(np.asarray(p[k], np.float64) for p in parts) for k in parts[0]}
+    out = {}
+    for pre, name in (("c", "content"), ("s", "style")):
+        n = max(float(np.asarray(tot[f"{pre}_n"]).reshape(-1)[0]), 1.0)
+        mean = tot[f"{pre}_sum"] / n
+        var = np.maximum(tot[f"{pre}_sq"] / n - mean * mean, 0.0)
+        floor = (1e-3 * np.median(np.sqrt(var))) ** 2 + 1e-30  # no division blow-up on constant dims
+        out[f"{name}_mean"] = mean.reshape(-1).tolist()
+        out[f"{name}_std"] = np.sqrt(var + floor).reshape(-1).tolist()
+    return out
+
+
 # ---- the loop ------------------------------------------------------------------------------------
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
@@ -201,6 +227,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     seed_everything(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
     model = FusionClassifier(cfg.model)
+    if config.get("feature_stats"):
+        fs = config["feature_stats"]
+        model.set_feature_stats(*(torch.tensor(fs[k]) for k in ("content_mean", "content_std", "style_mean", "style_std")))
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
@@ -320,6 +349,7 @@ class TrainResult:
     excluded: dict[str, int]
     storage_path: str
     best_epoch: int
+    resumed_from: int  # -1, or the checkpoint epoch the last worker group restarted from
 
 
 def run_training(
@@ -413,11 +443,14 @@ def run_training(
         tracking.log_parquet_dataset(features_uri, name="features", digest=store.digest(), context="training", num_rows=index.num_rows)
 
     try:
+        train_ds = feature_dataset(features_uri, ids["train"])
+        stats = feature_stats(train_ds)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
                 "train": to_dict(cfg),
                 "pos_weight": pw,
+                "feature_stats": stats,
                 "mlflow": mlflow_cfg,
                 "tensorboard_dir": str(out_dir / "tensorboard"),
             },
@@ -432,7 +465,7 @@ def run_training(
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
-            datasets={"train": feature_dataset(features_uri, ids["train"]), "val": feature_dataset(features_uri, ids["val"])},
+            datasets={"train": train_ds, "val": feature_dataset(features_uri, ids["val"])},
         )
         result = trainer.fit()
         with result.checkpoint.as_directory() as d:
@@ -470,6 +503,7 @@ def run_training(
             excluded=excluded,
             storage_path=str(Path(storage_path) / name),
             best_epoch=best_epoch,
+            resumed_from=int(result.metrics.get("resumed_from", -1)),
         )
     finally:
         if track:

@@ -162,6 +162,13 @@ class FusionClassifier(nn.Module):
     def __init__(self, cfg: FusionConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # Per-dimension standardisation of the inputs, fitted on the training split
+        # (:meth:`set_feature_stats`): extractor outputs (pretrained or random) live on very
+        # different scales, e.g. a random-init pSp varies by ~1e-4 between faces.
+        self.register_buffer("content_mean", torch.zeros(cfg.content_dim))
+        self.register_buffer("content_std", torch.ones(cfg.content_dim))
+        self.register_buffer("style_mean", torch.zeros(cfg.style_dim))
+        self.register_buffer("style_std", torch.ones(cfg.style_dim))
         self.style_gru = StyleGRU(cfg)
         self.style_attention = StyleAttention(cfg)
         self.token_norm = nn.LayerNorm(cfg.d_model)
@@ -190,6 +197,13 @@ class FusionClassifier(nn.Module):
             nn.Linear(cfg.fc_hidden, 1),
         )
 
+    @torch.no_grad()
+    def set_feature_stats(self, content_mean: Tensor, content_std: Tensor, style_mean: Tensor, style_std: Tensor) -> None:
+        """Fix the input standardisation: ``(x - mean) / std`` per feature dimension."""
+        for name, value in (("content_mean", content_mean), ("content_std", content_std), ("style_mean", style_mean), ("style_std", style_std)):
+            buf = getattr(self, name)
+            buf.copy_(torch.as_tensor(value, dtype=buf.dtype).reshape(buf.shape))
+
     @property
     def attention_weights(self) -> Tensor | None:
         """(B, K, T) style-attention weights of the latest forward (detached); 0 at masked frames."""
@@ -206,6 +220,8 @@ class FusionClassifier(nn.Module):
         self._check(content, style, valid)
         b, t, _ = style.shape
         valid = torch.ones(b, t, dtype=torch.bool, device=style.device) if valid is None else valid.to(style.device).bool()
+        content = (content - self.content_mean) / self.content_std  # (B, K, 2048) standardised
+        style = (style - self.style_mean) / self.style_std  # (B, T, 512) standardised
         hidden = self.style_gru(style, valid)  # (B, T, 512) -> (B, T, H)
         q, attended = self.style_attention(content, hidden, valid)  # (B, K, d), (B, K, d)
         tokens = self.token_dropout(self.token_norm(q + attended))  # (B, K, d)
