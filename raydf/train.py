@@ -363,6 +363,10 @@ def run_training(
     tags: dict[str, str] | None = None,
     extra_test: dict[str, str] | None = None,
     output_dir: str | None = None,
+    callbacks: list[Any] | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+    run_key: str | None = None,
 ) -> TrainResult:
     """Train on an extraction output, evaluate on its test split, log everything to MLflow.
 
@@ -375,6 +379,11 @@ def run_training(
         tags: extra MLflow tags (``dataset`` is filled from the data when absent).
         extra_test: ``{name: features_uri}`` of other datasets to evaluate on (cross-dataset).
         output_dir: where the model bundle and plots are written (default: under storage).
+        callbacks: Ray Train ``UserCallback``s (e.g. Tune's ``TuneReportCallback`` in a sweep).
+        experiment: MLflow experiment name (default ``raydf-train``).
+        parent_run_id: make the MLflow run a child of this run (``mlflow.parentRunId``).
+        run_key: a stable key (e.g. a Tune trial id); an unfinished run with the same key is
+            resumed instead of creating a second one, so a restored sweep logs one run per trial.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -421,8 +430,15 @@ def run_training(
 
         uri = tracking.resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(uri)
-        exp = tracking.get_or_create_experiment(tracking.TRAIN_EXPERIMENT)
-        run = mlflow.start_run(experiment_id=exp, run_name=name)
+        exp = tracking.get_or_create_experiment(experiment or tracking.TRAIN_EXPERIMENT)
+        existing = None
+        if run_key:
+            found = mlflow.search_runs([exp], filter_string=f"tags.`raydf.run_key` = '{run_key}'", output_format="list", max_results=1)
+            existing = found[0].info.run_id if found else None
+        start_tags = {"raydf.run_key": run_key} if run_key else {}
+        if parent_run_id:
+            start_tags["mlflow.parentRunId"] = parent_run_id
+        run = mlflow.start_run(run_id=existing) if existing else mlflow.start_run(experiment_id=exp, run_name=name, tags=start_tags)
         run_id = run.info.run_id
         mlflow_cfg = {"tracking_uri": uri, "run_id": run_id}
         prov = extract_cfg["provenance"]
@@ -464,6 +480,7 @@ def run_training(
                 storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=callbacks,
             ),
             datasets={"train": train_ds, "val": feature_dataset(features_uri, ids["val"])},
         )
