@@ -1,8 +1,10 @@
-"""Helpers for tests/test_infra.py: cluster YAML parsing and a simulated autoscaling cluster.
+"""Test helpers for Ray clusters: cluster YAML parsing, a local head, a simulated autoscaling cluster.
 
-The simulated cluster is Ray's fake multi-node provider driven by
-``infra/local/fake_cluster.yaml``. Everything it starts is isolated from the
-machine's state and from other Ray clusters running beside it:
+:func:`start_cluster` starts a token-authenticated head on 127.0.0.1 (the
+session cluster of tests/conftest.py); :func:`start_fake_cluster` adds Ray's
+fake multi-node autoscaler driven by ``infra/local/fake_cluster.yaml``.
+Everything they start is isolated from the machine's state and from other Ray
+clusters running beside it:
 
 * its own ``HOME``, auth token (``RAY_AUTH_TOKEN_PATH``) and ``--temp-dir``;
 * free ports on 127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes
@@ -14,6 +16,7 @@ machine's state and from other Ray clusters running beside it:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -28,7 +31,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import psutil
 import yaml
@@ -219,11 +222,11 @@ def end_processes(procs: dict[int, psutil.Process], grace_s: float = 10.0) -> No
 
 
 @dataclass
-class FakeCluster:
-    """A running head started with the fake multi-node autoscaler, and how to talk to it."""
+class Cluster:
+    """A running head (optionally with the fake multi-node autoscaler), and how to talk to it."""
 
     root: Path  # temp root: home/, ray/ (Ray's --temp-dir), cluster.yaml
-    config: dict[str, Any]  # the autoscaling config the head runs with
+    config: dict[str, Any] | None  # the autoscaling config the head runs with (None: no autoscaler)
     gcs_address: str
     dashboard_url: str
     token: str
@@ -241,6 +244,58 @@ class FakeCluster:
         env["HOME"] = str(self.root / "stranger")
         Path(env["HOME"]).mkdir(exist_ok=True)
         return env
+
+    def driver_env(self) -> dict[str, str]:
+        """Environment for a Python process that joins the cluster with ``ray.init()``."""
+        return {**self.env, "RAY_ADDRESS": self.gcs_address}
+
+    @contextlib.contextmanager
+    def connect(self, **init_kwargs: Any) -> Iterator[None]:
+        """Join the cluster as a driver from *this* process (``ray.init``), and leave it on exit.
+
+        Setting the environment is not enough once ``ray`` has been imported:
+        Ray reads ``RAY_AUTH_MODE`` into its config once, and turns the
+        address 127.0.0.1 into the machine's interface IP unless clusters are
+        "disabled" (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read at import).
+        So this also refreshes the config and pins this process to loopback,
+        and restores both on exit.
+        """
+        import ray
+        import ray._private.ray_constants as ray_constants
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+        saved_env = {k: os.environ.get(k) for k in keys}
+        saved_cluster_flag = ray_constants.ENABLE_RAY_CLUSTER
+        os.environ.pop("RAY_ADDRESS", None)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        os.environ.update(
+            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=self.env["RAY_AUTH_TOKEN_PATH"], RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"
+        )
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by services.get_node_ip_address()
+        Config.initialize("")  # re-read RAY_AUTH_MODE
+        AuthenticationTokenLoader.instance().reset_cache()
+        try:
+            ray.init(address=self.gcs_address, **init_kwargs)
+            yield
+        finally:
+            ray.shutdown()
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            ray_constants.ENABLE_RAY_CLUSTER = saved_cluster_flag
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+
+    def submit_pipeline(self, script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """``ray job submit --working-dir <repo> -- python <script> <args>``, waiting for the end.
+
+        ``script`` is relative to the repository root (e.g. ``pipelines/extract.py``);
+        stdout carries the job's log.
+        """
+        return self.submit(REPO / script, *args, working_dir=REPO, timeout=timeout)
 
     def ray(self, *args: str, authorised: bool = True, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run the ``ray`` CLI against this cluster."""
@@ -329,12 +384,14 @@ class FakeCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def node_type_of(node: dict[str, Any], cluster_cfg: dict[str, Any]) -> str:
+def node_type_of(node: dict[str, Any], cluster_cfg: dict[str, Any] | None) -> str:
     """The node type of a state-API node record, told by the resources it advertises.
 
     The fake provider does not label nodes with their type, so match each
     worker type's custom resources and GPU count against ``resources_total``.
     """
+    if cluster_cfg is None:
+        raise ValueError("node types are only known for a cluster started with an autoscaling config")
     if node.get("is_head_node"):
         return cluster_cfg["head_node_type"]
     total = node.get("resources_total") or {}
@@ -352,32 +409,53 @@ def node_type_of(node: dict[str, Any], cluster_cfg: dict[str, Any]) -> str:
     return matches[0]
 
 
-def start_fake_cluster(yaml_path: Path = FAKE_CLUSTER_YAML, *, head_cpus: int = 1, timeout: float = 90) -> FakeCluster:
-    """Start a head node that autoscales with Ray's fake multi-node provider, token auth on.
+def start_cluster(
+    *,
+    head_cpus: int = 2,
+    autoscaling_config: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 90,
+) -> Cluster:
+    """Start a Ray head on 127.0.0.1 with token auth, isolated from the machine's Ray state.
 
-    The caller must call :meth:`FakeCluster.stop`. The temp root is short
-    (``/tmp/rdfXXXX``) because Ray's Unix socket paths must stay under 108 bytes.
+    Args:
+        head_cpus: CPUs the head advertises.
+        autoscaling_config: a cluster YAML for Ray's fake multi-node autoscaler
+            (see :func:`start_fake_cluster`); None for a plain single-node head.
+        extra_env: variables for every process of the cluster and its clients
+            (e.g. an S3 endpoint, as an instance profile would provide on AWS).
+        timeout: seconds to wait for ``ray start`` and then the jobs API.
+
+    The caller must call :meth:`Cluster.stop`. Join it from this process with
+    ``with cluster.connect(): ...`` (plain ``ray.init`` after setting the
+    environment is not enough once ``ray`` is imported), from a subprocess with
+    ``env=cluster.driver_env()``, or submit jobs with :meth:`Cluster.submit`.
+    The temp root is short (``/tmp/rdfXXXX``) because Ray's Unix socket paths
+    must stay under 108 bytes.
     """
     root = Path(tempfile.mkdtemp(prefix="rdf"))
     home = root / "home"
     home.mkdir()
     gcs_port, dash_port, client_port, agent_port, metrics_port = free_ports(5)
 
-    config = load_yaml(yaml_path)
-    # The fake provider joins new nodes to <ip>:6379 unless told where the GCS is.
-    config["provider"]["gcs_address"] = f"127.0.0.1:{gcs_port}"
-    config_path = root / "cluster.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-
     env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
     env.update(
         HOME=str(home),
         PATH=f"{_BIN}{os.pathsep}{env.get('PATH', '')}",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # every node on 127.0.0.1, like a laptop
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # every node and driver on 127.0.0.1, like a laptop
         RAY_USAGE_STATS_ENABLED="0",
-        RAY_FAKE_CLUSTER="1",
-        AUTOSCALER_UPDATE_INTERVAL_S="1",
     )
+    env.update(extra_env or {})
+    config = None
+    autoscaling_args = []
+    if autoscaling_config is not None:
+        config = load_yaml(autoscaling_config)
+        # The fake provider joins new nodes to <ip>:6379 unless told where the GCS is.
+        config["provider"]["gcs_address"] = f"127.0.0.1:{gcs_port}"
+        config_path = root / "cluster.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        autoscaling_args = [f"--autoscaling-config={config_path}"]
+        env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     # Ray's own token tool, into our HOME; then point every process at that file explicitly.
     subprocess.run([RAY_CLI, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
     token_path = home / ".ray" / "auth_token"
@@ -394,13 +472,13 @@ def start_fake_cluster(yaml_path: Path = FAKE_CLUSTER_YAML, *, head_cpus: int = 
         f"--metrics-export-port={metrics_port}",
         "--min-worker-port=0", "--max-worker-port=0",
         f"--temp-dir={root / 'ray'}",
-        f"--autoscaling-config={config_path}",
+        *autoscaling_args,
         "--disable-usage-stats",
     ]  # fmt: skip
     # Output to a file, not a pipe: the daemons ray start leaves behind would hold a pipe open.
     with open(root / "ray-start.log", "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    cluster = FakeCluster(
+    cluster = Cluster(
         root=root,
         config=config,
         gcs_address=f"127.0.0.1:{gcs_port}",
@@ -420,7 +498,17 @@ def start_fake_cluster(yaml_path: Path = FAKE_CLUSTER_YAML, *, head_cpus: int = 
     return cluster
 
 
-def _wait_for_jobs_api(cluster: FakeCluster, deadline: float) -> None:
+def start_fake_cluster(
+    yaml_path: Path = FAKE_CLUSTER_YAML, *, head_cpus: int = 1, extra_env: dict[str, str] | None = None, timeout: float = 90
+) -> Cluster:
+    """Start a head node that autoscales with Ray's fake multi-node provider from ``yaml_path``, token auth on."""
+    return start_cluster(head_cpus=head_cpus, autoscaling_config=yaml_path, extra_env=extra_env, timeout=timeout)
+
+
+FakeCluster = Cluster  # the autoscaling flavour; same class
+
+
+def _wait_for_jobs_api(cluster: Cluster, deadline: float) -> None:
     import requests
 
     last: Exception | str = "no answer"
@@ -451,7 +539,7 @@ class PlacementRun:
 
 
 def run_placement_job(
-    cluster: FakeCluster,
+    cluster: Cluster,
     script: Path,
     *args: str,
     working_dir: Path | None = None,
@@ -566,6 +654,7 @@ def parse_marker_line(output: str, marker: str) -> dict[str, Any]:
 __all__ = [
     "CLUSTER_YAML",
     "FAKE_CLUSTER_YAML",
+    "Cluster",
     "FakeCluster",
     "PlacementRun",
     "INFRA",
@@ -585,6 +674,7 @@ __all__ = [
     "popen_logged",
     "replace_option",
     "run_placement_job",
+    "start_cluster",
     "start_fake_cluster",
     "uncommented_keys",
     "validate_cluster_config",

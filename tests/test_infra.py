@@ -35,6 +35,7 @@ from tests.infra_helpers import (
     popen_logged,
     replace_option,
     run_placement_job,
+    start_cluster,
     start_fake_cluster,
     uncommented_keys,
     validate_cluster_config,
@@ -376,6 +377,40 @@ def test_fake_cluster_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_clus
     assert HEAD not in run.stage_nodes["CropProbe"] + run.stage_nodes["FeatureProbe"]
     # Idle workers went away (run_placement_job raised otherwise), none is left.
     assert run.scale_down_s is not None and fake_cluster.alive_workers() == {}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_local_head_takes_in_process_and_subprocess_drivers_on_loopback():
+    import subprocess
+
+    import ray
+
+    auth_mode_before = os.environ.get("RAY_AUTH_MODE")
+    cluster = start_cluster(head_cpus=1, extra_env={"RAYDF_CLUSTER_PROBE": "from-extra-env"})
+    try:
+        with cluster.connect(log_to_driver=False):
+
+            @ray.remote(num_cpus=1)
+            def where():
+                return os.environ.get("RAYDF_CLUSTER_PROBE"), ray.util.get_node_ip_address()
+
+            assert ray.get(where.remote()) == ("from-extra-env", "127.0.0.1")
+        # Leaving restores this process: no driver, the caller's auth mode.
+        assert not ray.is_initialized() and os.environ.get("RAY_AUTH_MODE") == auth_mode_before
+
+        code = "import ray; ray.init(); print('CPUS', ray.cluster_resources()['CPU'])"
+        driver = subprocess.run([sys.executable, "-c", code], env=cluster.driver_env(), capture_output=True, text=True, timeout=120)
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        assert "CPUS 1.0" in driver.stdout
+        # Without the token the same driver is turned away.
+        stranger = {k: v for k, v in cluster.driver_env().items() if not k.startswith("RAY_AUTH")}
+        stranger["HOME"] = str(cluster.root / "stranger")
+        refused = subprocess.run([sys.executable, "-c", code], env=stranger, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and "Authentication" in refused.stderr
+    finally:
+        cluster.stop()
 
 
 # --------------------------------------------------------------------------- MLflow server
