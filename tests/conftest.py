@@ -119,24 +119,13 @@ def ray_cluster(s3):
     The cluster's environment carries the S3 endpoint (as an instance profile would on AWS),
     so actors read and write ``s3://`` without credentials in any job argument.
     """
-    import ray
-
     from tests.infra_helpers import start_cluster
 
     cluster = start_cluster(head_cpus=2, extra_env=s3.env)
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=cluster.env["RAY_AUTH_TOKEN_PATH"])
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address=cluster.gcs_address, log_to_driver=False)
     try:
-        yield cluster
+        with cluster.connect(log_to_driver=False):
+            yield cluster
     finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         cluster.stop()
 
 
