@@ -75,6 +75,7 @@ class FeatureStore:
 
     def read_config(self) -> dict[str, Any] | None:
         path = self._path(CONFIG_FILE)
+        self.fs.invalidate_cache(self.root)
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "rb") as f:
@@ -103,6 +104,7 @@ class FeatureStore:
 
     # ---- parts -------------------------------------------------------------------------------
     def list_parts(self) -> list[str]:
+        self.fs.invalidate_cache(self.root)  # s3fs caches listings; other processes write here
         if not self.fs.exists(self.root):
             return []
         names = [posixpath.basename(p) for p in self.fs.ls(self.root, detail=False)]
