@@ -67,7 +67,10 @@ def log_training_report(
     main = evaluations.get("test") or next(iter(evaluations.values()), None)
     if main is not None:
         E.save_figure(E.plot_style_trajectories(main.style_sample, main.label_sample, main.valid_sample), plots / "style_trajectories.png")
-        E.save_figure(E.plot_decision_boundary(main.embeddings, main.labels, main.probs, threshold=bundle.threshold), plots / "decision_boundary.png")
+        if len(main.labels) >= 3:  # a 2-D projection needs a few points
+            E.save_figure(E.plot_decision_boundary(main.embeddings, main.labels, main.probs, threshold=bundle.threshold), plots / "decision_boundary.png")
+        else:
+            log.warning("only %d evaluated videos: no decision-boundary plot", len(main.labels))
     mlflow.log_artifacts(str(plots), "plots")
     _write_json(out_dir / "history.json", history)
     mlflow.log_artifact(str(out_dir / "history.json"))

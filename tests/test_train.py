@@ -136,7 +136,7 @@ def test_mlflow_run_has_params_metrics_model_dataset_and_plots(trained, extracte
     assert "test_roc_auc" in m and "test_accuracy" in m and "test_eer" in m
     # linked to the extraction's dataset: same source and digest as the extraction run logged
     (inp,) = run.inputs.dataset_inputs
-    ext = client.get_run(extracted.summary.mlflow_run_id).inputs.dataset_inputs[0]
+    ext = mlflow.MlflowClient(extracted.tracking_uri).get_run(extracted.summary.mlflow_run_id).inputs.dataset_inputs[0]
     assert inp.dataset.digest == ext.dataset.digest and inp.dataset.source == ext.dataset.source
     artifacts = {f.path for f in client.list_artifacts(result.run_id, "plots")}
     for plot in ("curves.png", "lr_schedule.png", "confusion_test.png", "roc_test.png", "style_trajectories.png", "decision_boundary.png"):
@@ -245,9 +245,7 @@ def test_parameters_are_identical_on_both_ranks_after_a_step(tmp_path, ray_clust
 @pytest.mark.integration
 @pytest.mark.slow
 def test_sigkilled_worker_resumes_from_last_checkpoint(extracted, tmp_path, ray_cluster):
-    from ray.util.state import list_actors
-
-    from raydf.train import CHECKPOINT_FILE, run_training
+    from raydf.train import run_training
 
     cfg = small_train_cfg(max_epochs=8, max_failures=2, patience=50)
     box: dict = {}
@@ -263,17 +261,17 @@ def test_sigkilled_worker_resumes_from_last_checkpoint(extracted, tmp_path, ray_
     storage = tmp_path / "rr" / "kill"
     deadline = time.monotonic() + 300
     killed_after = None
+    snapshot = storage / "checkpoint_manager_snapshot.json"  # what the controller has registered
     while time.monotonic() < deadline and thread.is_alive():
-        ckpts = sorted(storage.glob("checkpoint_*")) if storage.exists() else []
-        if len(ckpts) >= 2:
-            try:
-                epoch = torch.load(ckpts[-1] / CHECKPOINT_FILE, weights_only=False)["epoch"]
-            except (OSError, RuntimeError, EOFError):
-                continue  # being written
-            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["epoch"]
+        except (OSError, ValueError, KeyError, TypeError):
+            latest = None
+        if latest is not None and latest >= 1:
+            workers = [a for a in ray_cluster.list_actors() if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"]
             if workers:
-                os.kill(workers[0].pid, signal.SIGKILL)
-                killed_after = epoch
+                os.kill(workers[0]["pid"], signal.SIGKILL)
+                killed_after = latest
                 break
         time.sleep(0.2)
     thread.join(timeout=600)
