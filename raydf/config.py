@@ -57,7 +57,9 @@ class FaceConfig:
     margin: float = 0.2  # report: 20% margin expansion (box scaled by 1 + margin)
     detect_max_side: int = 640  # detect on a copy whose long side is at most this (0 = full res)
     min_face_prob: float = 0.90  # MTCNN final-stage probability to accept a face
-    min_face_size: int = 20  # MTCNN's default minimum face size, in detection pixels
+    min_face_size: int = 20  # MTCNN's default minimum face size, in detection pixels (a floor)
+    min_face_frac: float = 0.125  # ignore faces smaller than this fraction of the short side: the
+    # pyramid then starts coarser (~3.6x faster at 640x480); dataset faces are far larger
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net defaults
     detect_batch: int = 16  # frames per MTCNN call
 
@@ -66,6 +68,7 @@ class FaceConfig:
         _check(0.0 <= self.margin <= 2.0, f"margin must be in [0, 2], got {self.margin}")
         _check(self.detect_max_side >= 0, f"detect_max_side must be >= 0, got {self.detect_max_side}")
         _check(0.0 <= self.min_face_prob <= 1.0, f"min_face_prob must be in [0, 1], got {self.min_face_prob}")
+        _check(0.0 <= self.min_face_frac < 1.0, f"min_face_frac must be in [0, 1), got {self.min_face_frac}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,9 @@ class ExtractConfig:
     feature_batch_size: int = 2  # videos per feature-actor batch
     half_precision: bool = True  # fp16 on CUDA (V100 has no bf16); ignored on CPU
     rows_per_file: int = 64  # videos per Parquet part file
+    feature_threads: int = 0  # torch threads per feature actor; 0 = every core of the node (Ray
+    # would pin it to int(num_cpus)); the feature stage dominates, so it takes the idle cores
+    crop_threads: int = 1  # torch threads per crop actor (MTCNN)
 
     def __post_init__(self) -> None:
         _check(self.layout in ("auto", "folders", "ffpp", "celebdf", "dfdc"), f"unknown layout {self.layout!r}")

@@ -103,6 +103,17 @@ def _read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def _set_threads(n: int) -> None:
+    """torch intra-op threads of this process (0 = all cores it may run on)."""
+    import os
+
+    import torch
+
+    n = n or len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def _local_path(uri: str) -> str | None:
     if uri.startswith("file://"):
         return uri[len("file://") :]
@@ -114,6 +125,7 @@ class CropStage:
 
     def __init__(self, cfg: ExtractConfig) -> None:
         self.cfg = cfg
+        _set_threads(cfg.crop_threads)
         self.cropper = FaceCropper(cfg.faces)  # MTCNN loaded once per actor
 
     def crop(self, row: dict[str, Any], data: bytes | None = None) -> dict[str, Any]:
@@ -186,6 +198,7 @@ class FeatureStage:
         from raydf.features import FeatureExtractor
 
         self.cfg = cfg
+        _set_threads(cfg.feature_threads)
         self.extractor = FeatureExtractor(cfg.content, cfg.style, device=device, half=cfg.half_precision)
         actual = {"content": self.extractor.content_provenance, "style": self.extractor.style_provenance}
         if provenance is not None and actual != provenance:
@@ -427,7 +440,7 @@ def extract_one(
     :class:`VideoDecodeError` when the file is not a decodable video.
     """
     cfg = cfg or ExtractConfig()
-    crop_stage = crop_stage or CropStage(cfg)
+    crop_stage = crop_stage or CropStage(replace(cfg, crop_threads=0))  # alone in the process: all cores
     feature_stage = feature_stage or FeatureStage(cfg)
     row = {S.VIDEO_ID: path, S.URI: path, S.LABEL: None, S.DATASET: "", S.SPLIT: "", S.SOURCE_ID: "", S.METHOD: "", S.COMPRESSION: "", S.META: "{}"}
     cropped = crop_stage.crop(row)

@@ -100,6 +100,8 @@ class FaceCropper:
         scale = 1.0
         if self.cfg.detect_max_side and long_side > self.cfg.detect_max_side:
             scale = self.cfg.detect_max_side / long_side
+        short = min(h, w) * scale
+        self._mtcnn.min_face_size = max(self.cfg.min_face_size, int(self.cfg.min_face_frac * short))
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, t, self.cfg.detect_batch):
             chunk = frames[start : start + self.cfg.detect_batch]  # (b, H, W, 3)

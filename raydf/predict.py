@@ -252,7 +252,7 @@ def detect(
     content_weights: str | None = None,
 ) -> dict[str, Any]:
     """Fake probability of one video with a trained model (the extraction's own per-video path)."""
-    from raydf.extract import CropStage, FeatureStage, extract_one, expected_provenance
+    from raydf.extract import FeatureStage, expected_provenance, extract_one
 
     t0 = time.perf_counter()
     bundle, source = resolve_model(model, tracking_uri)
@@ -261,7 +261,7 @@ def detect(
     if prov != bundle.extract["provenance"]:
         raise DetectError(f"extractor weights differ from the model's: model trained on {bundle.extract['provenance']}, given {prov}")
     t_load = time.perf_counter()
-    row = extract_one(video, cfg, crop_stage=CropStage(cfg), feature_stage=FeatureStage(cfg, prov))
+    row = extract_one(video, cfg, feature_stage=FeatureStage(cfg, prov))
     t_feat = time.perf_counter()
     net = bundle.model()
     with torch.inference_mode():
