@@ -543,12 +543,12 @@ def run_placement_job(
     script: Path,
     *args: str,
     working_dir: Path | None = None,
-    stages: tuple[str, ...] = ("CropProbe", "FeatureProbe"),
+    stages: tuple[str, ...] = ("CropStage", "FeatureStage"),
     job_timeout: float = 180,
     scale_down_timeout: float | None = 90,
     poll_s: float = 0.5,
 ) -> PlacementRun:
-    """Submit ``script`` (the probe now, pipelines/extract.py later), watch the cluster, collect placement.
+    """Submit ``script`` (e.g. pipelines/extract.py), watch the cluster, collect placement.
 
     Polls the state API while the job runs to time the scale-up, waits for the
     job to end, optionally waits for the workers to scale back to zero, then maps

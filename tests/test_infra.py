@@ -47,7 +47,7 @@ README = INFRA / "README.md"
 EXTRACT_AWS = INFRA / "configs" / "extract-aws.yaml"
 TRAIN_AWS = INFRA / "configs" / "train-aws.yaml"
 EXTRACT_FAKE = INFRA / "local" / "extract-fake.yaml"
-PLACEMENT_PROBE = INFRA / "local" / "placement_probe.py"
+REPO = INFRA.parent
 
 # Node types of cluster.yaml by role.
 HEAD = "ray.head.default"
@@ -341,21 +341,26 @@ def test_job_submit_requires_the_token(fake_cluster):
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_fake_cluster_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_cluster):
-    from tests.infra_helpers import parse_marker_line
+@pytest.mark.timeout(420)
+def test_extraction_job_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_cluster, generated_dataset, tmp_path):
+    """pipelines/extract.py itself, submitted to a head-only cluster, with the placement config."""
+    import pyarrow.parquet as pq
+
+    from raydf.datasets import build_manifest
 
     # Start from a head-only cluster (an earlier test's workers must have gone).
     wait_for(lambda: not fake_cluster.alive_workers(), timeout=90, what="no worker nodes before the job")
-
+    out = tmp_path / "features"
     run = run_placement_job(
         fake_cluster,
-        PLACEMENT_PROBE,
-        "--config",
-        EXTRACT_FAKE.name,
-        working_dir=PLACEMENT_PROBE.parent,
-        stages=("CropProbe", "FeatureProbe"),
-    )
+        REPO / "pipelines" / "extract.py",
+        "--input", str(generated_dataset), "--output", str(out),
+        "--config", str(EXTRACT_FAKE.relative_to(REPO)),
+        "--style-config", "psp_tiny", "--frames", "8", "--no-track",
+        working_dir=REPO,
+        stages=("CropStage", "FeatureStage"),
+        job_timeout=360,
+    )  # fmt: skip
     print(
         f"\n[infra timings] submit {run.submit_s:.1f}s; first node up after submit: "
         + ", ".join(f"{t} {s:.1f}s" for t, s in sorted(run.first_seen_s.items()))
@@ -365,16 +370,14 @@ def test_fake_cluster_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_clus
     assert run.status == "SUCCEEDED", run.logs[-3000:]
     # GPU-type (and CPU-type) workers were launched on demand, from zero.
     assert "v100_x1" in run.first_seen_s and CPU_TYPE in run.first_seen_s
-    # Every crop actor ran on a CPU worker, every feature actor on a GPU worker.
-    assert run.stage_nodes["CropProbe"] and set(run.stage_nodes["CropProbe"]) == {CPU_TYPE}
-    assert run.stage_nodes["FeatureProbe"] and set(run.stage_nodes["FeatureProbe"]) == {"v100_x1"}
-    # The job's own view agrees with the state API.
-    placement = parse_marker_line(run.logs, "PLACEMENT ")
-    assert placement["rows"] == 8
-    assert {run.node_types[n] for n in placement["crop_nodes"]} == {CPU_TYPE}
-    assert {run.node_types[n] for n in placement["feature_nodes"]} == {"v100_x1"}
-    # And the head never ran a stage.
-    assert HEAD not in run.stage_nodes["CropProbe"] + run.stage_nodes["FeatureProbe"]
+    # Every crop actor ran on a CPU worker, every feature actor on a GPU worker, none on the head.
+    assert run.stage_nodes["CropStage"] and set(run.stage_nodes["CropStage"]) == {CPU_TYPE}
+    assert run.stage_nodes["FeatureStage"] and set(run.stage_nodes["FeatureStage"]) == {"v100_x1"}
+    # The job did its work: one ok row per video.
+    assert "status: ok" in run.logs
+    table = pq.read_table(out, columns=["video_id", "status"])
+    assert sorted(table.column("video_id").to_pylist()) == sorted(build_manifest(str(generated_dataset)).column("video_id").to_pylist())
+    assert set(table.column("status").to_pylist()) == {"ok"}
     # Idle workers went away (run_placement_job raised otherwise), none is left.
     assert run.scale_down_s is not None and fake_cluster.alive_workers() == {}
 
