@@ -268,5 +268,94 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
 
 
+# ---- tune and compare ------------------------------------------------------------------------
+def _add_tune_parser(sub: Any) -> None:
+    p = sub.add_parser("tune", help="Ray Tune sweep over Ray Train runs (ASHA on val loss), MLflow parent + child runs")
+    p.add_argument("--features", help="extraction output (local or s3://); required unless --resume")
+    p.add_argument("--space", default="mixup_restarts", help="tune_spaces module (mixup_restarts, fusion_arch) or a .py file with param_space()")
+    p.add_argument("--config", help="base TrainConfig YAML (flags below override it)")
+    p.add_argument("--trials", type=int, default=8, help="trials to sample (Tune's num_samples)")
+    p.add_argument("--epochs", type=int, default=None, help="max epochs per trial")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers per trial")
+    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per Train worker")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what the cluster holds, leaving a CPU to Ray Data)")
+    p.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial")
+    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA keeps the best 1/factor at each rung")
+    p.add_argument("--seed", type=int, default=0, help="random search seed")
+    p.add_argument("--storage", default=None, help="sweep storage: local dir or s3://... (default <RAYDF_HOME>/ray_results)")
+    p.add_argument("--name", default=None, help="sweep name; rerunning with the same name and storage resumes it")
+    p.add_argument("--resume", default=None, metavar="PATH", help="resume the interrupted sweep at PATH (<storage>/<name>)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="MLflow tag on the parent and every trial, e.g. dataset=ffpp")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default raydf-tune)")
+    p.add_argument("--artifact-location", default=None, help="artifact root of a new MLflow experiment, e.g. s3://bucket/mlflow")
+    p.add_argument("--full-report", action="store_true", help="trials log plots and the model too (default: metrics only)")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+
+def _add_compare_parser(sub: Any) -> None:
+    p = sub.add_parser("compare", help="best run per dataset side by side (FF++ vs Celeb-DF ...) and the MLflow compare URL")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--experiment", action="append", default=None, help="MLflow experiment(s) to search (default raydf-train and raydf-tune)")
+    p.add_argument("--dataset", action="append", default=None, help="only these dataset tags, in this order (default all)")
+    p.add_argument("--filter", default=None, help="extra MLflow filter, e.g. \"tags.weights = 'pretrained'\"")
+    p.add_argument("--ui-url", default=None, help="MLflow UI base URL for the link (default: the tracking server, else http://127.0.0.1:5000)")
+    p.add_argument("--json", action="store_true")
+
+
+_EXTRA_PARSERS.extend([_add_tune_parser, _add_compare_parser])
+
+
+@_handler("tune")
+def _tune(args: argparse.Namespace) -> int:
+    from raydf.config import TrainConfig, load_config, to_dict
+    from raydf.tune import resume_sweep, run_sweep
+
+    if args.resume:
+        result = resume_sweep(args.resume, tracking_uri=args.tracking_uri)
+    else:
+        if not args.features:
+            print("raydf tune: error: --features is required (or --resume PATH)", file=sys.stderr)
+            return 2
+        base = to_dict(load_config(TrainConfig, args.config))
+        for flag, key in (("epochs", "max_epochs"), ("workers", "num_workers"), ("cpus_per_worker", "cpus_per_worker"),
+                          ("batch_size", "batch_size")):
+            if getattr(args, flag) is not None:
+                base[key] = getattr(args, flag)
+        if args.use_gpu:
+            base["use_gpu"] = True
+        try:
+            result = run_sweep(
+                args.features, args.space, load_config(TrainConfig, base), num_samples=args.trials, name=args.name,
+                storage_path=args.storage, tracking_uri=args.tracking_uri, track=not args.no_track, tags=_named(args.tag),
+                experiment=args.experiment, artifact_location=args.artifact_location, max_concurrent=args.max_concurrent,
+                grace_period=args.grace_period, reduction_factor=args.reduction_factor, seed=args.seed,
+                full_report=args.full_report,
+            )
+        except ValueError as exc:  # an unknown search space
+            print(f"raydf tune: error: {exc}", file=sys.stderr)
+            return 2
+    cols = [c for c in result.table.columns if c not in ("mlflow_run_id",)]
+    print(result.table[cols].to_string(index=False) if len(result.table) else "(no trials)")
+    print("\n".join(result.lines()))
+    return 0 if result.finished else 1
+
+
+@_handler("compare")
+def _compare(args: argparse.Namespace) -> int:
+    from raydf import tracking
+    from raydf.compare import run_compare
+
+    experiments = args.experiment or [tracking.TRAIN_EXPERIMENT, tracking.TUNE_EXPERIMENT]
+    cmp = run_compare(args.tracking_uri, experiments=experiments, datasets=args.dataset, filter_string=args.filter, ui_url=args.ui_url)
+    if args.json:
+        print(dumps({"url": cmp.url, "runs": [{"dataset": b.dataset, "run_id": b.run_id, "ranked_by": b.ranked_by, "metrics": b.metrics} for b in cmp.best]}))
+    else:
+        print("\n".join(cmp.lines()))
+    return 0 if cmp.best else 1
+
+
 if __name__ == "__main__":
     sys.exit(main())

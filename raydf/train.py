@@ -367,6 +367,7 @@ def run_training(
     experiment: str | None = None,
     parent_run_id: str | None = None,
     run_key: str | None = None,
+    full_report: bool = True,
 ) -> TrainResult:
     """Train on an extraction output, evaluate on its test split, log everything to MLflow.
 
@@ -384,6 +385,8 @@ def run_training(
         parent_run_id: make the MLflow run a child of this run (``mlflow.parentRunId``).
         run_key: a stable key (e.g. a Tune trial id); an unfinished run with the same key is
             resumed instead of creating a second one, so a restored sweep logs one run per trial.
+        full_report: log the whole report (plots, ROC data, predictions, the model); False logs
+            only the evaluation metrics (``test_roc_auc``, ...), e.g. in Tune trials, to save time.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -503,14 +506,22 @@ def run_training(
         for tname, turi in (extra_test or {}).items():
             evaluations[tname] = predict_features(bundle, turi, None)
         test_metrics = {}
-        if track:
+        if track and full_report:
             from raydf.report import log_training_report
 
             test_metrics = log_training_report(bundle, history, evaluations, features_uri, ids, out_dir)
         else:
             from raydf.evaluate import compute_metrics
 
-            test_metrics = {k: compute_metrics(e.labels, e.probs) for k, e in evaluations.items()}
+            test_metrics = {k: compute_metrics(e.labels, e.probs, threshold=bundle.threshold) for k, e in evaluations.items()}
+            if track:  # the metrics only, named as log_training_report names them
+                import mlflow
+
+                from raydf.report import METRIC_KEYS
+
+                for k, m in test_metrics.items():
+                    mlflow.log_metrics({f"{k}_{key}": float(m[key]) for key in METRIC_KEYS if np.isfinite(m[key])})
+                    mlflow.log_metrics({f"{k}_n": m["n"], f"{k}_n_fake": m["n_fake"], f"{k}_n_real": m["n_real"]})
         return TrainResult(
             run_id=run_id,
             model_path=model_path,
