@@ -88,10 +88,13 @@ def s3() -> Iterator[S3Endpoint]:
                 proc.kill()
                 raise RuntimeError("moto server did not start")
             time.sleep(0.1)
+    import uuid
+
     env = {
         "AWS_ENDPOINT_URL": url,
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        # moto checks no signature: a unique secret lets tests prove it never leaks (test_security.py)
+        "AWS_SECRET_ACCESS_KEY": f"raydf-s3-secret-{uuid.uuid4().hex}",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     saved = {k: os.environ.get(k) for k in env}
@@ -99,7 +102,9 @@ def s3() -> Iterator[S3Endpoint]:
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
-    client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+    client = boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1"
+    )
     try:
         yield S3Endpoint(endpoint=f"127.0.0.1:{port}", url=url, client=client, env=env)
     finally:
@@ -121,7 +126,10 @@ def ray_cluster(s3):
     """
     from tests.infra_helpers import start_cluster
 
-    cluster = start_cluster(head_cpus=2, extra_env=s3.env)
+    import uuid
+
+    # A tracking token in the cluster's environment, as a user's shell would have one (never to leak).
+    cluster = start_cluster(head_cpus=2, extra_env={**s3.env, "MLFLOW_TRACKING_TOKEN": f"raydf-mlflow-token-{uuid.uuid4().hex}"})
     try:
         with cluster.connect(log_to_driver=False):
             yield cluster
