@@ -385,35 +385,31 @@ def test_extraction_job_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_cl
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_local_head_takes_in_process_and_subprocess_drivers_on_loopback():
+def test_local_head_takes_in_process_and_subprocess_drivers_on_loopback(ray_cluster, s3):
+    """The session cluster (tests/conftest.py): this process is its driver, subprocesses join with the token."""
     import subprocess
 
     import ray
 
-    auth_mode_before = os.environ.get("RAY_AUTH_MODE")
-    cluster = start_cluster(head_cpus=1, extra_env={"RAYDF_CLUSTER_PROBE": "from-extra-env"})
-    try:
-        with cluster.connect(log_to_driver=False):
+    assert ray.is_initialized()
 
-            @ray.remote(num_cpus=1)
-            def where():
-                return os.environ.get("RAYDF_CLUSTER_PROBE"), ray.util.get_node_ip_address()
+    @ray.remote(num_cpus=1)
+    def where():
+        return os.environ.get("AWS_ENDPOINT_URL"), ray.util.get_node_ip_address()
 
-            assert ray.get(where.remote()) == ("from-extra-env", "127.0.0.1")
-        # Leaving restores this process: no driver, the caller's auth mode.
-        assert not ray.is_initialized() and os.environ.get("RAY_AUTH_MODE") == auth_mode_before
+    # The cluster's environment (extra_env) reaches the workers, and everything is on loopback.
+    assert ray.get(where.remote()) == (s3.url, "127.0.0.1")
 
-        code = "import ray; ray.init(); print('CPUS', ray.cluster_resources()['CPU'])"
-        driver = subprocess.run([sys.executable, "-c", code], env=cluster.driver_env(), capture_output=True, text=True, timeout=120)
-        assert driver.returncode == 0, driver.stderr[-3000:]
-        assert "CPUS 1.0" in driver.stdout
-        # Without the token the same driver is turned away.
-        stranger = {k: v for k, v in cluster.driver_env().items() if not k.startswith("RAY_AUTH")}
-        stranger["HOME"] = str(cluster.root / "stranger")
-        refused = subprocess.run([sys.executable, "-c", code], env=stranger, capture_output=True, text=True, timeout=120)
-        assert refused.returncode != 0 and "Authentication" in refused.stderr
-    finally:
-        cluster.stop()
+    code = "import ray; ray.init(); print('CPUS', ray.cluster_resources()['CPU'])"
+    driver = subprocess.run([sys.executable, "-c", code], env=ray_cluster.driver_env(), capture_output=True, text=True, timeout=120)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    assert "CPUS 2.0" in driver.stdout
+    # Without the token the same driver is turned away.
+    stranger = {k: v for k, v in ray_cluster.driver_env().items() if not k.startswith("RAY_AUTH")}
+    stranger["HOME"] = str(ray_cluster.root / "stranger")
+    Path(stranger["HOME"]).mkdir(exist_ok=True)
+    refused = subprocess.run([sys.executable, "-c", code], env=stranger, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "Authentication" in refused.stderr
 
 
 # --------------------------------------------------------------------------- MLflow server
