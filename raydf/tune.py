@@ -55,6 +55,7 @@ __all__ = [
 
 METRIC, MODE = "val_loss", "min"  # ASHA's rungs: the recipe's early stopping watches the same
 TIME_ATTR = "epochs"  # epochs trained (1-based): survives a resumed trial, unlike training_iteration
+TRIAL_DONE = "trial_completed"  # in a trial's last report once its training and test evaluation ended
 RANK_METRIC = "best_val_loss"  # the best trial: lowest validation loss of its best epoch
 TRIAL_CPUS = 0.1  # the trial function only waits on its TorchTrainer; Tune rejects 0
 DATA_CPUS = 1.0  # left to the Ray Data tasks that read and standardise the features
@@ -221,11 +222,14 @@ class EpochReportCallback(TuneReportCallback):
         super().after_report(run_context, metrics, checkpoint)
 
 
-def _fit_trial(cfg_dict: dict[str, Any], trial_id: str, spec: dict[str, Any], callback: EpochReportCallback) -> None:
-    """The trial's Ray Train run (a task of the trial, see :func:`_trial`)."""
+def _fit_trial(cfg_dict: dict[str, Any], trial_id: str, spec: dict[str, Any], callback: EpochReportCallback) -> dict[str, float]:
+    """The trial's Ray Train run (a task of the trial, see :func:`_trial`); returns its final report."""
+    import numpy as np
+
+    from raydf.report import METRIC_KEYS
     from raydf.train import run_training
 
-    run_training(
+    result = run_training(
         spec["features"],
         load_config(TrainConfig, cfg_dict),
         storage_path=_join(spec["path"], TRAIN_DIR),
@@ -239,6 +243,10 @@ def _fit_trial(cfg_dict: dict[str, Any], trial_id: str, spec: dict[str, Any], ca
         run_key=f"{spec['parent_run_id'] or spec['path']}/{trial_id}",
         full_report=spec["full_report"],
     )
+    final = {k: float(v) for k, v in result.history[-1].items()}
+    for split, m in result.test_metrics.items():
+        final.update({f"{split}_{k}": float(m[k]) for k in METRIC_KEYS if np.isfinite(m[k])})
+    return {**final, TIME_ATTR: int(final["epoch"]) + 1, TRIAL_DONE: 1}
 
 
 def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -251,6 +259,10 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     back; by itself it looks the cluster up on the machine, which fails where several Ray
     instances run (a shared dev box, parallel test sessions) and leaves the CPUs reserved until
     the driver exits, starving the next trials' Ray Data.
+
+    Its last report repeats the last epoch with the test metrics and ``trial_completed``: Tune
+    says TERMINATED both for a trial that ended and for one ASHA stopped, and a trial resumed
+    after its final epoch (the report lost in the interruption) has no epoch left to report.
     """
     import ray
     from ray import tune
@@ -260,7 +272,7 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     callback = EpochReportCallback()  # made here, in the Tune session whose queue it feeds
     env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit_trial).options(runtime_env={"env_vars": env})
-    ray.get(fit.remote(to_dict(cfg), trial_id, spec, callback))
+    tune.report(ray.get(fit.remote(to_dict(cfg), trial_id, spec, callback)))
 
 
 def _trial_dirname(trial) -> str:  # noqa: ANN001 - ray.tune.experiment.Trial
@@ -317,29 +329,18 @@ def _trial_id(result) -> str:  # noqa: ANN001 - ray.tune.Result
     return name.removeprefix("trial-")
 
 
-def _ended_by_itself(cfg: TrainConfig, metrics: Mapping[str, Any]) -> bool:
-    """Whether a trial's last report is where its own loop ends: the last epoch, or the recipe's
-    early stopping (``patience`` epochs without a better validation loss)."""
-    epochs, best = int(metrics.get(TIME_ATTR, 0) or 0), metrics.get("best_epoch")
-    return epochs >= cfg.max_epochs or (best is not None and epochs - 1 - int(best) >= cfg.patience)
-
-
-def _status(result, tune_status: str, base: TrainConfig) -> str:  # noqa: ANN001 - ray.tune.Result
+def _status(result, tune_status: str) -> str:  # noqa: ANN001 - ray.tune.Result
     """completed | stopped early | error | unfinished, from the trial's status in the saved
     experiment state. Tune calls a trial TERMINATED both when its function returned and when the
-    scheduler stopped it, so ASHA's stops are told apart by where the trial's own loop ends."""
+    scheduler stopped it; only the former sent ``trial_completed``."""
     if tune_status == "ERROR" or result.error is not None:
         return ERROR
     if tune_status != "TERMINATED":  # RUNNING / PENDING / PAUSED when the sweep was interrupted
         return UNFINISHED
-    try:
-        cfg = apply_params(base, result.config or {})
-    except Exception:  # noqa: BLE001 - a config the trial itself would have rejected
-        return ERROR
-    return COMPLETED if _ended_by_itself(cfg, result.metrics or {}) else STOPPED
+    return COMPLETED if (result.metrics or {}).get(TRIAL_DONE) else STOPPED
 
 
-def _table(grid, statuses: dict[str, str], child_runs: dict[str, Any], base: TrainConfig):  # noqa: ANN001, ANN202
+def _table(grid, statuses: dict[str, str], child_runs: dict[str, Any]):  # noqa: ANN001, ANN202
     """One row per trial: id, status, epochs, the best epoch's validation metrics, params, MLflow run."""
     import numpy as np
     import pandas as pd
@@ -348,7 +349,7 @@ def _table(grid, statuses: dict[str, str], child_runs: dict[str, Any], base: Tra
     for result in grid:
         m = result.metrics or {}
         tid = _trial_id(result)
-        status = _status(result, statuses.get(tid, "PENDING"), base)
+        status = _status(result, statuses.get(tid, "PENDING"))
         best_epoch = m.get("best_epoch")
         at_best: dict[str, Any] = {}
         df = result.metrics_dataframe
@@ -356,6 +357,8 @@ def _table(grid, statuses: dict[str, str], child_runs: dict[str, Any], base: Tra
             hit = df[df["epoch"] == best_epoch]
             if len(hit):
                 at_best = hit.iloc[-1].to_dict()
+        if not at_best and best_epoch is not None and m.get("epoch") == best_epoch:
+            at_best = m
         row = {
             "trial_id": tid,
             "status": status,
@@ -368,7 +371,7 @@ def _table(grid, statuses: dict[str, str], child_runs: dict[str, Any], base: Tra
         }
         row.update({f"config/{k}": v for k, v in _flat(result.config or {}).items()})
         run = child_runs.get(tid)
-        row["test_roc_auc"] = run.data.metrics.get("test_roc_auc", np.nan) if run is not None else np.nan
+        row["test_roc_auc"] = m.get("test_roc_auc", run.data.metrics.get("test_roc_auc", np.nan) if run is not None else np.nan)
         row["mlflow_run_id"] = run.info.run_id if run is not None else None
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -667,7 +670,7 @@ def _finish(spec: dict[str, Any], t0: float) -> SweepResult:
     finished = len(statuses) >= int(spec["expected_trials"]) and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
     client = _client(spec["tracking_uri"]) if spec["track"] else None
     children = _child_runs(client, spec["experiment_id"], spec["parent_run_id"]) if client and spec["parent_run_id"] else {}
-    table = _table(grid, statuses, children, load_config(TrainConfig, spec["base"]))
+    table = _table(grid, statuses, children)
     best_id, best_config, best_metrics = _best(table, grid)
     result = SweepResult(
         name=spec["name"],
