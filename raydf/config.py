@@ -180,6 +180,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # leave Ray Data a CPU on 2 cores
     max_failures: int = 2
+    methods: tuple[str, ...] = ()  # train on fakes of these manipulation methods only (empty = all)
     val_fraction: float = 0.2  # used only when the manifest has no val split
     test_fraction: float = 0.2  # used only when the manifest has no test split
 

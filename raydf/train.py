@@ -60,15 +60,18 @@ def assign_splits(index: pa.Table, cfg: TrainConfig) -> tuple[dict[str, str], di
 
     Rows keep the manifest's split; rows without one are split by ``source_id`` (a real video
     and all fakes made from it land in the same split), shuffled with the config's seed.
-    Rows that are not ``ok`` or have too few valid faces are excluded.
+    Rows that are not ``ok`` or have too few valid faces are excluded, and so are fakes of
+    other methods when ``cfg.methods`` is set (e.g. train on one family, test on another).
     """
     from raydf.models.fusion import valid_enough
 
     rows = index.to_pylist()
-    excluded = {"error": 0, "few_faces": 0}
+    excluded = {"error": 0, "few_faces": 0, "other_method": 0}
     usable = []
     for r in rows:
-        if r[S.STATUS] != S.STATUS_OK:
+        if cfg.methods and r[S.LABEL] == S.FAKE and r[S.METHOD] not in cfg.methods:
+            excluded["other_method"] += 1
+        elif r[S.STATUS] != S.STATUS_OK:
             excluded["error"] += 1
         elif not bool(valid_enough(np.asarray([r[S.FACE_VALID]], bool), cfg.model.min_valid_fraction)[0]):
             excluded["few_faces"] += 1

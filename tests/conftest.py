@@ -46,7 +46,7 @@ def generated_dataset(tmp_path_factory) -> Path:
     from raydf.synth import make_dataset
 
     out = tmp_path_factory.mktemp("generated")
-    make_dataset(out, videos=6, seed=7)
+    make_dataset(out, videos=10, seed=7)
     return out
 
 
