@@ -13,6 +13,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from raydf.models.weights import WeightsError, load_checkpoint, random_provenance, seeded
 
@@ -41,6 +42,24 @@ class ContentEncoder(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(list(full.blocks)[:5])  # stem + res2..res5; head (blocks[5]) dropped
         self.provenance = "unset"
+
+    @torch.no_grad()
+    def fold_batchnorm(self) -> ContentEncoder:
+        """Fold every conv -> BatchNorm pair of the trunk into one conv (inference only; in place).
+
+        Same outputs up to float rounding, 53 fewer passes over the activations. Call after
+        loading weights, in eval mode.
+        """
+        if self.training:
+            raise RuntimeError("fold_batchnorm() is for inference: call .eval() first")
+        pairs = (("conv", "norm"), ("branch1_conv", "branch1_norm"), ("conv_a", "norm_a"), ("conv_b", "norm_b"), ("conv_c", "norm_c"))
+        for module in self.modules():
+            for conv_name, norm_name in pairs:
+                conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
+                if isinstance(conv, nn.Conv3d) and isinstance(norm, nn.BatchNorm3d):
+                    setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+                    setattr(module, norm_name, None)  # pytorchvideo skips a None norm
+        return self
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         x = clips

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from raydf.models.weights import WeightsError, load_checkpoint, random_provenance, seeded
 
@@ -93,13 +94,24 @@ class SEModule(nn.Module):
         return x * w
 
 
+class Subsample(nn.Module):
+    """``x[..., ::stride, ::stride]``: what IR-SE's ``MaxPool2d(1, stride)`` shortcut computes, without a copy."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
+
+
 class BottleneckIRSE(nn.Module):
     """IR-SE bottleneck: BN-conv-PReLU-conv(stride)-BN-SE plus a (projected) shortcut."""
 
     def __init__(self, in_channel: int, depth: int, stride: int, se_reduction: int) -> None:
         super().__init__()
         if in_channel == depth:
-            self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)  # subsampling identity
+            self.shortcut_layer: nn.Module = Subsample(stride)  # pSp's MaxPool2d(1, stride); no parameters
         else:
             self.shortcut_layer = nn.Sequential(
                 nn.Conv2d(in_channel, depth, (1, 1), stride, bias=False), nn.BatchNorm2d(depth)
@@ -227,6 +239,28 @@ class GradualStyleEncoder(nn.Module):
         maps = self._pyramid(x, 3)
         out = torch.stack([head(maps[self._group(i)]) for i, head in enumerate(self.styles)], dim=1)  # (B, 18, 512)
         return out + self.latent_avg.to(out.dtype)
+
+    @torch.no_grad()
+    def fold_batchnorm(self) -> GradualStyleEncoder:
+        """Fold every BatchNorm that follows a conv into that conv (inference only; in place).
+
+        The stem's, each bottleneck's second conv's and each projected shortcut's BatchNorm
+        become conv biases (same outputs up to float rounding, ~28 fewer passes over the
+        activations). The BatchNorm *before* each bottleneck's first conv stays: with zero
+        padding it cannot be folded exactly. Call after loading weights, in eval mode.
+        """
+        if self.training:
+            raise RuntimeError("fold_batchnorm() is for inference: call .eval() first")
+        self.input_layer[0] = fuse_conv_bn_eval(self.input_layer[0], self.input_layer[1])
+        self.input_layer[1] = nn.Identity()
+        for unit in self.body:
+            res = unit.res_layer
+            res[3] = fuse_conv_bn_eval(res[3], res[4])  # conv(stride) -> BN
+            res[4] = nn.Identity()
+            if isinstance(unit.shortcut_layer, nn.Sequential):
+                unit.shortcut_layer[0] = fuse_conv_bn_eval(unit.shortcut_layer[0], unit.shortcut_layer[1])
+                unit.shortcut_layer[1] = nn.Identity()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The configured level only: (B, 3, 256, 256) in [-1, 1] -> (B, 512); equals ``codes(x)[:, level]``."""
