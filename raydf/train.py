@@ -35,6 +35,7 @@ __all__ = [
     "load_index",
     "assign_splits",
     "feature_dataset",
+    "training_datasets",
     "to_tensors",
     "run_epoch",
     "train_loop_per_worker",
@@ -119,6 +120,15 @@ def feature_dataset(features_uri: str, ids: list[str]):  # noqa: ANN201 - ray.da
     ds = ray.data.read_parquet(features_uri, columns=cols, file_extensions=["parquet"])
     wanted = pa.array(sorted(ids), pa.string())
     return ds.map_batches(_select_split, fn_kwargs={"ids": wanted}, batch_format="pyarrow", batch_size=64)
+
+
+def training_datasets(features_uri: str, ids: dict[str, list[str]], cfg: TrainConfig) -> dict[str, Any]:
+    """The ``train`` and ``val`` Ray Datasets of a run; materialised in the object store when
+    ``cfg.cache_features`` (blocks stay in Ray's object store, not on the driver)."""
+    out = {split: feature_dataset(features_uri, ids[split]) for split in ("train", "val")}
+    if cfg.cache_features:
+        out = {split: ds.materialize() for split, ds in out.items()}
+    return out
 
 
 def _moments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -465,8 +475,8 @@ def run_training(
         tracking.log_parquet_dataset(features_uri, name="features", digest=store.digest(), context="training", num_rows=index.num_rows)
 
     try:
-        train_ds = feature_dataset(features_uri, ids["train"])
-        stats = feature_stats(train_ds)
+        datasets = training_datasets(features_uri, ids, cfg)
+        stats = feature_stats(datasets["train"])
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
@@ -488,7 +498,7 @@ def run_training(
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 callbacks=callbacks,
             ),
-            datasets={"train": train_ds, "val": feature_dataset(features_uri, ids["val"])},
+            datasets=datasets,
         )
         result = trainer.fit()
         with result.checkpoint.as_directory() as d:

@@ -19,6 +19,7 @@ import pytest
 from raydf import schema as S
 from raydf.config import ExtractConfig, load_config
 from raydf.store import ExtractConfigMismatch, FeatureStore
+from tests.media import write_audio_only
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +123,7 @@ def bad_inputs(tmp_path_factory, generated_dataset) -> Path:
     data = good.read_bytes()
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (d / "text.mp4").write_text("not a video\n" * 50)
-    _write_audio_only(d / "audio.mp4")
+    write_audio_only(d / "audio.mp4")
     face = np.ascontiguousarray(astronaut()[:480, :480])
     write_video(d / "one_frame.mp4", face[None], fps=25)
     write_noface_video(d / "noface.mp4", num_frames=10)
@@ -137,22 +138,6 @@ def bad_inputs(tmp_path_factory, generated_dataset) -> Path:
         rows.append({"video_id": name, "uri": str(d / f"{name}.mp4"), "label": 0, "dataset": "bad", "split": "test"})
     pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
     return d
-
-
-def _write_audio_only(path: Path) -> None:
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        for i in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            frame.pts = i * 1024
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 from raydf.synth import write_video
 from raydf.video import VideoDecodeError, read_video, sample_indices
 from tests.conftest import frame_level, index_frames
+from tests.media import write_audio_only
 
 
 def test_long_video_indices_are_uniform_linspace():
@@ -124,19 +125,6 @@ def test_missing_file_raises_decode_error(tmp_path):
 
 
 def test_audio_only_file_raises_decode_error(tmp_path):
-    import av
-
-    path = tmp_path / "audio.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        for i in range(20):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            frame.pts = i * 1024
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    path = write_audio_only(tmp_path / "audio.mp4", frames=20)
     with pytest.raises(VideoDecodeError, match="audio.mp4"):
         read_video(path, 8)

@@ -1,0 +1,102 @@
+"""RESULTS.md: the machine, the versions, every ratio against its target, and each suite's tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render", "load_suite"]
+
+_DESCRIPTIONS = {
+    "extract": "Ray Data pipeline vs the naive per-video loop; each stage alone; face detection; faithful per-video cost.",
+    "models": "pSp and slow_r50 achieved GFLOP/s / this machine's fp32 matmul peak, measured in the same run.",
+    "ingest": "Ray Data -> Ray Train training steps/s / the same loop over in-memory tensors.",
+    "detect": "`raydf detect` on a 10 s 640x480 clip / the sum of its stages run alone.",
+    "gpu": "`python -m benchmarks.gpu`: the feature stage at fp32/fp16/bf16 on one device, half precisions against fp32.",
+}
+
+
+def load_suite(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != v:
+            return "n/a"
+        return f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.3f}".rstrip("0").rstrip(".")
+    return "n/a" if v is None else str(v).replace("|", "\\|")
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return out
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    if r["target"] is None:
+        return "info"
+    return "**met**" if r["passed"] else "**not met**"
+
+
+def render(env: dict[str, Any], suites: list[dict[str, Any]], *, mode: str, command: str, gpu: dict[str, Any] | None) -> str:
+    """The whole RESULTS.md text."""
+    lines = [
+        "# raydf benchmarks",
+        "",
+        f"Written by `{command}` on {env['date']} ({mode} mode). Every ratio is two measurements of the same run "
+        "(see `benchmarks/common.py` for the rules); rerun to refresh.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {env['cpu']}, {env['cores']} cores usable, {env['memory_gib']} GiB RAM; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in env['loadavg_start'])}",
+        f"- Python {env['python']} on {env['platform']}",
+        "- " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        "",
+        "## Ratios against targets",
+        "",
+        "| suite | ratio | value | target | verdict | detail |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in suites:
+        for r in s["ratios"]:
+            target = "" if r["target"] is None else f"{r['op']} {r['target']}"
+            lines.append(f"| {s['suite']} | {r['name']} | {_fmt(r['value'])} | {target} | {_verdict(r)} | {_fmt(r['detail'])} |")
+    for s in suites:
+        lines += ["", f"## {s['suite']} ({s['wall_s']:.0f} s)", "", _DESCRIPTIONS.get(s["suite"], ""), ""]
+        for name, rows in s["tables"].items():
+            lines += [f"### {name}", "", *_table(rows), ""]
+        if s["notes"]:
+            lines += [f"- {n}" for n in s["notes"]] + [""]
+        if s.get("error"):
+            lines += [f"**The suite failed:** `{_fmt(s['error'])}`", ""]
+    lines += ["## GPU", ""]
+    if gpu and gpu.get("device", "cpu") != "cpu":
+        lines += [
+            f"Card: **{gpu['device']}** (torch {gpu['torch']}, Python {gpu['python']}), {gpu['style_config']} + slow_r50, "
+            f"T={gpu['T']}, {gpu['videos_per_batch']} videos per call. Best precision within tolerance: "
+            f"{gpu['best']} at **{gpu['best_videos_per_s']:.1f} videos/s** (target >= 25 on one H100).",
+            "",
+            *_table(gpu["rows"]),
+            "",
+        ]
+    else:
+        lines += [
+            "No GPU figures: no GPU machine was lent to the session that wrote this file. On a GPU machine run "
+            "`python -m benchmarks.gpu --out benchmarks/results/gpu.json` (torch + the feature stage only, under 5 "
+            "minutes), then `python -m benchmarks --render-only` to put its table here with the card's name.",
+            "",
+        ]
+        if gpu:
+            lines += ["The same script's CPU dry run (tolerances of the half precisions, checked in the tests):", "", *_table(gpu["rows"]), ""]
+    return "\n".join(lines).rstrip() + "\n"
