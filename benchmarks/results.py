@@ -42,6 +42,32 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# The brief's orientation figures for the reference code on this machine type (2 threads, batch 4).
+ORIENTATION = {"matmul peak GFLOP/s": 256.0, "pSp s/face": 1.0, "slow_r50 s/clip": 0.6, "MTCNN frames/s (640x480)": 9.0,
+               "naive 32-frame video, faithful models (s)": 38.0}  # fmt: skip
+
+
+def _orientation(suites: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The frozen reference's figures measured in this run next to the orientation figures."""
+    by = {s["suite"]: s for s in suites}
+    models, extract = by.get("models", {}).get("config", {}), by.get("extract", {}).get("config", {})
+    if "psp_s_per_face" not in models or "face_detection" not in extract:
+        return []
+    peaks = [r["peak GFLOP/s"] for r in by["models"]["tables"].get("models", [])]
+    fps = next(v["reference_fps"] for k, v in extract["face_detection"].items() if k.endswith("t") and k != "1t")
+    psp, r50 = models["psp_s_per_face"]["reference"], models["slow_r50_s_per_clip"]["reference"]
+    decode = extract.get("naive", {}).get("stage_cpu", {}).get("decode", 0.0)
+    measured = {
+        "matmul peak GFLOP/s": sorted(peaks)[len(peaks) // 2] if peaks else float("nan"),
+        "pSp s/face": psp,
+        "slow_r50 s/clip": r50,
+        "MTCNN frames/s (640x480)": fps,
+        "naive 32-frame video, faithful models (s)": 32 * psp + 2 * r50 + 32 / fps + decode,
+    }
+    return [{"figure": k, "orientation": ORIENTATION[k], "measured here": round(v, 3), "measured / orientation": round(v / ORIENTATION[k], 2),
+             "within +-20%": abs(v / ORIENTATION[k] - 1) <= 0.2} for k, v in measured.items()]  # fmt: skip
+
+
 def _verdict(r: dict[str, Any]) -> str:
     if r["target"] is None:
         return "info"
@@ -72,6 +98,11 @@ def render(env: dict[str, Any], suites: list[dict[str, Any]], *, mode: str, comm
         for r in s["ratios"]:
             target = "" if r["target"] is None else f"{r['op']} {r['target']}"
             lines.append(f"| {s['suite']} | {r['name']} | {_fmt(r['value'])} | {target} | {_verdict(r)} | {_fmt(r['detail'])} |")
+    orient = _orientation(suites)
+    if orient:
+        lines += ["", "## The naive reference against the brief's orientation figures", "",
+                  "The reference (`benchmarks/reference.py`, frozen) measured in this run; the naive 32-frame video is the sum "
+                  "of its stage rates (32 faces, 2 clips, 32 detections, decode).", "", *_table(orient)]  # fmt: skip
     for s in suites:
         lines += ["", f"## {s['suite']} ({s['wall_s']:.0f} s)", "", _DESCRIPTIONS.get(s["suite"], ""), ""]
         for name, rows in s["tables"].items():

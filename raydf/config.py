@@ -123,6 +123,9 @@ class ExtractConfig:
     feature_resources: dict[str, float] = field(default_factory=dict)
     feature_batch_size: int = 2  # videos per feature-actor batch
     half_precision: bool = True  # fp16 on CUDA (V100 has no bf16); ignored on CPU
+    # CPU feature precision: "fp32", or "bf16" on CPUs with native bf16 (avx512_bf16 / AMX): measured
+    # 2x faster (benchmarks/RESULTS.md), features within the tolerance tested in tests/test_benchmarks.py
+    cpu_precision: str = "fp32"
     rows_per_file: int = 64  # videos per Parquet part file
     feature_threads: int = 0  # torch threads per feature actor; 0 = every core of the node (Ray
     # would pin it to int(num_cpus)); the feature stage dominates, so it takes the idle cores
@@ -134,6 +137,7 @@ class ExtractConfig:
             lo, hi = getattr(self, name)
             _check(1 <= lo <= hi, f"{name} must be (min, max) with 1 <= min <= max, got {(lo, hi)}")
         _check(self.feature_batch_size >= 1, "feature_batch_size must be >= 1")
+        _check(self.cpu_precision in ("fp32", "bf16"), f"cpu_precision must be fp32 or bf16, got {self.cpu_precision!r}")
         _check(self.rows_per_file >= 1, "rows_per_file must be >= 1")
 
 

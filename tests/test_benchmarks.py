@@ -126,3 +126,13 @@ def test_render_only_rewrites_results_from_the_suites_json(tmp_path):
     text = md.read_text()
     assert "Written by `make bench`" in text and "| detect | detect / sum of its stages alone | 1.05 | <= 1.2 | **met** |" in text
     assert "Card: **NVIDIA H100 80GB HBM3**" in text and "31.0 videos/s" in text
+
+
+def test_extraction_config_selects_bf16_features_on_cpu():
+    from raydf.config import ConfigError, ExtractConfig, load_config
+    from raydf.extract import FeatureStage
+
+    cfg = load_config(ExtractConfig, {"style": {"config": "psp_tiny"}, "cpu_precision": "bf16"})
+    assert FeatureStage(cfg, device="cpu").extractor.dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="cpu_precision"):
+        load_config(ExtractConfig, {"cpu_precision": "fp16"})
