@@ -178,9 +178,10 @@ def predict_features(bundle: ModelBundle, features_uri: str, ids: list[str] | No
             valid = S.stack_column(t, S.FACE_VALID)
         content, style = S.stack_column(t, S.CONTENT), S.stack_column(t, S.STYLE)
         for i in range(0, t.num_rows, batch_size):
-            c = torch.from_numpy(np.ascontiguousarray(content[i : i + batch_size]))
-            s = torch.from_numpy(np.ascontiguousarray(style[i : i + batch_size]))
-            v = torch.from_numpy(np.ascontiguousarray(valid[i : i + batch_size]))
+            # stack_column gives read-only views of the Arrow buffers: torch.tensor copies the batch
+            c = torch.tensor(content[i : i + batch_size])  # (b, K, 2048)
+            s = torch.tensor(style[i : i + batch_size])  # (b, T, 512)
+            v = torch.tensor(valid[i : i + batch_size])  # (b, T)
             emb = model.embed(c, s, v)  # (b, d)
             probs.append(torch.sigmoid(model.head(emb).squeeze(-1)).numpy())  # as FusionClassifier.forward
             embs.append(emb.numpy())
