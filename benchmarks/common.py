@@ -29,6 +29,7 @@ __all__ = [
     "timed",
     "repeat",
     "torch_threads",
+    "local_ray",
     "matmul_peak",
     "count_flops",
     "median",
@@ -127,6 +128,22 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def cores() -> int:
     return len(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def local_ray() -> Iterator[None]:
+    """A local Ray on every core for a block (the running one, if the caller started Ray already)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 _PEAK_N = 2048

@@ -22,7 +22,6 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 
 from benchmarks.common import SuiteResult, cores, median, torch_threads

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.common import SuiteResult, cores, median, timed, torch_threads
+from benchmarks.common import SuiteResult, cores, local_ray, median, timed, torch_threads
 from benchmarks.gpu import TOLERANCE
 
 log = logging.getLogger(__name__)
@@ -162,12 +162,7 @@ def machine_cpu() -> dict[str, float]:
 
 def pipeline(cfg, paths: list[str], workdir: Path, small: int, large: int) -> dict[str, Any]:  # noqa: ANN001
     """Steady-state throughput from a small and a large run (after a warm-up run)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray():
         small_rows, large_rows = manifest(paths, small), manifest(paths, large)
         warm = run_pipeline(cfg, small_rows, workdir / "pipe-warm")
         s0 = machine_cpu()
@@ -175,9 +170,6 @@ def pipeline(cfg, paths: list[str], workdir: Path, small: int, large: int) -> di
         s1 = machine_cpu()
         t_large = run_pipeline(cfg, large_rows, workdir / "pipe-large")
         s2 = machine_cpu()
-    finally:
-        if started:
-            ray.shutdown()
     n_small, n_large = small_rows.num_rows, large_rows.num_rows
     steady = (n_large - n_small) / max(t_large - t_small, 1e-9)
     # whole-machine CPU accounting of the steady state (large - small run), per video

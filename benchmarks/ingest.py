@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import SuiteResult, cores, median
+from benchmarks.common import SuiteResult, cores, local_ray, median
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,6 @@ def _loop(config: dict[str, Any]) -> None:
 
 
 def run(*, quick: bool, workdir: str) -> SuiteResult:
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -123,11 +121,7 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
     work = Path(workdir) / "ingest"
     ids = make_features(work / "features", rows, files=8)
     result.config.update({"rows": rows, "batch_size": batch, "epochs": epochs, "T": T_FRAMES, "K": K_CLIPS, "cores": cores()})
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray():
         trainer = TorchTrainer(
             _loop,
             train_loop_config={"features": str(work / "features"), "batch_size": batch, "epochs": epochs},
@@ -138,9 +132,6 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
         fitted = trainer.fit()
         with fitted.checkpoint.as_directory() as d:
             metrics = json.loads(Path(d, METRICS_FILE).read_text())
-    finally:
-        if started:
-            ray.shutdown()
     if any(r != rows for r in metrics["ray_rows"]):
         raise RuntimeError(f"Ray Data delivered {metrics['ray_rows']} rows per epoch, expected {rows}")
     ratios = [a / b for a, b in zip(metrics["ray_steps_per_s"], metrics["memory_steps_per_s"])]

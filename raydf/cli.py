@@ -172,19 +172,29 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
-@_handler("train")
-def _train(args: argparse.Namespace) -> int:
+# command-line flag -> TrainConfig field, for the commands that take them (train, tune)
+_TRAIN_FLAGS = (("epochs", "max_epochs"), ("workers", "num_workers"), ("cpus_per_worker", "cpus_per_worker"),
+                ("batch_size", "batch_size"), ("lr", "lr"), ("mixup_alpha", "mixup_alpha"))  # fmt: skip
+
+
+def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig
+    """``--config`` YAML (or the defaults) with the given flags on top; flags a command lacks are skipped."""
     from raydf.config import TrainConfig, load_config, to_dict
-    from raydf.train import run_training
 
     base = to_dict(load_config(TrainConfig, args.config))
-    for flag, key in (("epochs", "max_epochs"), ("workers", "num_workers"), ("cpus_per_worker", "cpus_per_worker"),
-                      ("batch_size", "batch_size"), ("lr", "lr"), ("mixup_alpha", "mixup_alpha")):
-        if getattr(args, flag) is not None:
+    for flag, key in _TRAIN_FLAGS:
+        if getattr(args, flag, None) is not None:
             base[key] = getattr(args, flag)
     if args.use_gpu:
         base["use_gpu"] = True
-    cfg = load_config(TrainConfig, base)
+    return load_config(TrainConfig, base)
+
+
+@_handler("train")
+def _train(args: argparse.Namespace) -> int:
+    from raydf.train import run_training
+
+    cfg = _train_config(args)
     result = run_training(
         args.features, cfg, storage_path=args.storage, name=args.name, tracking_uri=args.tracking_uri,
         tags=_named(args.tag), extra_test=_named(args.test_features),
@@ -349,7 +359,6 @@ _EXTRA_PARSERS.extend([_add_tune_parser, _add_compare_parser])
 
 @_handler("tune")
 def _tune(args: argparse.Namespace) -> int:
-    from raydf.config import TrainConfig, load_config, to_dict
     from raydf.tune import resume_sweep, run_sweep
 
     if args.resume:
@@ -358,16 +367,9 @@ def _tune(args: argparse.Namespace) -> int:
         if not args.features:
             print("raydf tune: error: --features is required (or --resume PATH)", file=sys.stderr)
             return 2
-        base = to_dict(load_config(TrainConfig, args.config))
-        for flag, key in (("epochs", "max_epochs"), ("workers", "num_workers"), ("cpus_per_worker", "cpus_per_worker"),
-                          ("batch_size", "batch_size")):
-            if getattr(args, flag) is not None:
-                base[key] = getattr(args, flag)
-        if args.use_gpu:
-            base["use_gpu"] = True
         try:
             result = run_sweep(
-                args.features, args.space, load_config(TrainConfig, base), num_samples=args.trials, name=args.name,
+                args.features, args.space, _train_config(args), num_samples=args.trials, name=args.name,
                 storage_path=args.storage, tracking_uri=args.tracking_uri, track=not args.no_track, tags=_named(args.tag),
                 experiment=args.experiment, artifact_location=args.artifact_location, max_concurrent=args.max_concurrent,
                 grace_period=args.grace_period, reduction_factor=args.reduction_factor, seed=args.seed,

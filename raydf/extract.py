@@ -199,11 +199,9 @@ class FeatureStage:
 
         self.cfg = cfg
         _set_threads(cfg.feature_threads)
-        import torch
-
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        precision = cfg.cpu_precision if dev == "cpu" else None  # None: fp16 on CUDA when half_precision
-        self.extractor = FeatureExtractor(cfg.content, cfg.style, device=dev, half=cfg.half_precision, precision=precision)
+        self.extractor = FeatureExtractor(
+            cfg.content, cfg.style, device=device, half=cfg.half_precision, cpu_precision=cfg.cpu_precision
+        )
         actual = {"content": self.extractor.content_provenance, "style": self.extractor.style_provenance}
         if provenance is not None and actual != provenance:
             raise RuntimeError(f"extractor weights changed since the run started: expected {provenance}, loaded {actual}")

@@ -15,7 +15,7 @@ from raydf.predict import BUNDLE_FILE, ModelBundle, PackedFusion, Predictions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["log_training_report", "METRIC_KEYS"]
+__all__ = ["log_training_report", "log_test_metrics", "METRIC_KEYS"]
 
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "eer", "log_loss")
 
@@ -23,6 +23,14 @@ METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_prec
 def _write_json(path: Path, obj: Any) -> Path:
     path.write_text(json.dumps(obj, indent=2, allow_nan=False, default=float))
     return path
+
+
+def log_test_metrics(name: str, m: dict[str, Any]) -> None:
+    """An evaluation's metrics on the active MLflow run as ``<name>_<metric>`` (NaN ones left out) and its counts."""
+    import mlflow
+
+    mlflow.log_metrics({f"{name}_{k}": float(m[k]) for k in METRIC_KEYS if np.isfinite(m[k])})
+    mlflow.log_metrics({f"{name}_n": m["n"], f"{name}_n_fake": m["n_fake"], f"{name}_n_real": m["n_real"]})
 
 
 def log_training_report(
@@ -45,8 +53,7 @@ def log_training_report(
     for name, pred in evaluations.items():
         m = E.compute_metrics(pred.labels, pred.probs, threshold=bundle.threshold)
         results[name] = m
-        mlflow.log_metrics({f"{name}_{k}": float(m[k]) for k in METRIC_KEYS if np.isfinite(m[k])})
-        mlflow.log_metrics({f"{name}_n": m["n"], f"{name}_n_fake": m["n_fake"], f"{name}_n_real": m["n_real"]})
+        log_test_metrics(name, m)
         E.save_figure(E.plot_confusion(m["confusion_matrix"], title=f"Confusion matrix ({name})"), plots / f"confusion_{name}.png")
         if 0 < m["n_fake"] < m["n"]:
             E.save_figure(E.plot_roc(pred.labels, pred.probs), plots / f"roc_{name}.png")

@@ -6,7 +6,8 @@ does the same with the official weights and datasets the user points it at:
 
     raydf reproduce --ffpp /data/FaceForensics++ --celebdf /data/Celeb-DF-v2 --dfdc /data/dfdc \\
         --style-weights /weights/psp_ffhq_encode.pt --content-weights /weights/SLOW_8x8_R50.pyth \\
-        --out s3://bucket/raydf-report --workers 4 --use-gpu
+        --out s3://bucket/raydf-report \\
+        --extract-config infra/configs/extract-aws.yaml --train-config infra/configs/train-aws.yaml
 """
 
 from __future__ import annotations

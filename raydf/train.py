@@ -10,12 +10,10 @@ latest *and* the best weights, so a killed worker resumes at the next epoch.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -528,13 +526,10 @@ def run_training(
 
             test_metrics = {k: compute_metrics(e.labels, e.probs, threshold=bundle.threshold) for k, e in evaluations.items()}
             if track:  # the metrics only, named as log_training_report names them
-                import mlflow
-
-                from raydf.report import METRIC_KEYS
+                from raydf.report import log_test_metrics
 
                 for k, m in test_metrics.items():
-                    mlflow.log_metrics({f"{k}_{key}": float(m[key]) for key in METRIC_KEYS if np.isfinite(m[key])})
-                    mlflow.log_metrics({f"{k}_n": m["n"], f"{k}_n_fake": m["n_fake"], f"{k}_n_real": m["n_real"]})
+                    log_test_metrics(k, m)
         return TrainResult(
             run_id=run_id,
             model_path=model_path,

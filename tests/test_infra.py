@@ -35,7 +35,6 @@ from tests.infra_helpers import (
     popen_logged,
     replace_option,
     run_placement_job,
-    start_cluster,
     start_fake_cluster,
     uncommented_keys,
     validate_cluster_config,
