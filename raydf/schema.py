@@ -35,6 +35,10 @@ META = "meta"  # JSON object with anything else the layout knows
 REAL, FAKE = 0, 1
 SPLITS = ("train", "val", "test")
 
+# Dataset layouts and FaceForensics++ methods: one list each (raydf.datasets registers a reader per layout).
+LAYOUT_NAMES = ("ffpp", "celebdf", "dfdc", "folders")
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
+
 MANIFEST_COLUMNS = (VIDEO_ID, URI, LABEL, DATASET, SPLIT, SOURCE_ID, METHOD, COMPRESSION, META)
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -50,7 +54,18 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-# ---- features: one row per video ---------------------------------------------------------------
+# ---- features: one row per (video, face track) ------------------------------------------------------
+TRACK_ID = "track_id"  # int32: 0 = the video's main face (and every error row), 1.. further tracks by score
+ROW_KEY = (VIDEO_ID, TRACK_ID)  # a feature row's key: exactly one row per key in a compacted store
+TRACK_SCORE = "track_score"  # float32: presence x mean box area / frame area of the track; 0 for a fallback track
+# Source identity of the input a row was made from: a row is "done" only while these match the input.
+SOURCE_URI = "source_uri"  # the input URI with user info and query string stripped (never credentials)
+SOURCE_SIZE = "source_size"  # int64 bytes
+SOURCE_MTIME = "source_mtime"  # float64 seconds since the epoch (null where the store gives an ETag instead)
+SOURCE_ETAG = "source_etag"  # string ("" where the filesystem has no ETag)
+SOURCE_COLUMNS = (SOURCE_URI, SOURCE_SIZE, SOURCE_MTIME, SOURCE_ETAG)
+FRAME_TIMES = "frame_times"  # (T,) float32 seconds of each sampled frame, from the stream's pts
+NOTE = "note"  # plain-words remark on a usable row (e.g. frames too small to detect in); "" when none
 N_FRAMES = "n_frames"  # true decoded frame count of the video
 NUM_SAMPLED = "num_sampled"  # T
 FRAME_INDICES = "frame_indices"  # (T,) int32
@@ -87,9 +102,16 @@ def _matrix(width: int) -> pa.DataType:
 FEATURE_SCHEMA = pa.schema(
     list(MANIFEST_SCHEMA)
     + [
+        (TRACK_ID, pa.int32()),
+        (TRACK_SCORE, pa.float32()),
+        (SOURCE_URI, pa.string()),
+        (SOURCE_SIZE, pa.int64()),
+        (SOURCE_MTIME, pa.float64()),
+        (SOURCE_ETAG, pa.string()),
         (N_FRAMES, pa.int64()),
         (NUM_SAMPLED, pa.int32()),
         (FRAME_INDICES, pa.list_(pa.int32())),
+        (FRAME_TIMES, pa.list_(pa.float32())),
         (FACE_VALID, pa.list_(pa.bool_())),
         (FACE_BOXES, _matrix(BOX_DIM)),
         (FACE_PROBS, pa.list_(pa.float32())),
@@ -100,6 +122,7 @@ FEATURE_SCHEMA = pa.schema(
         (STYLE_PROVENANCE, pa.string()),
         (STATUS, pa.string()),
         (ERROR, pa.string()),
+        (NOTE, pa.string()),
     ]
     + [(c, pa.float32()) for c in TIMING_COLUMNS]
 )
@@ -150,7 +173,7 @@ def stack_column(table: pa.Table, column: str) -> np.ndarray:
     """A whole fixed-shape list column -> one dense numpy array, zero-copy where Arrow allows.
 
     ``content`` -> (N, K, 2048), ``style`` -> (N, T, 512), ``face_boxes`` -> (N, T, 4),
-    ``face_valid`` / ``face_probs`` / ``frame_indices`` -> (N, T). All rows must have the
+    ``face_valid`` / ``face_probs`` / ``frame_indices`` / ``frame_times`` -> (N, T). All rows must have the
     same length (one extraction config); null rows are rejected.
     """
     col = table.column(column).combine_chunks()
@@ -177,7 +200,7 @@ def feature_table(rows: list[dict[str, Any]], metadata: dict[bytes, bytes] | Non
     videos costs no per-float Python work.
     """
     matrices = {CONTENT: CONTENT_DIM, STYLE: STYLE_DIM, FACE_BOXES: BOX_DIM}
-    vectors = {FRAME_INDICES: pa.int32(), FACE_VALID: pa.bool_(), FACE_PROBS: pa.float32()}
+    vectors = {FRAME_INDICES: pa.int32(), FRAME_TIMES: pa.float32(), FACE_VALID: pa.bool_(), FACE_PROBS: pa.float32()}
     arrays = []
     for f in FEATURE_SCHEMA:
         values = [r.get(f.name) for r in rows]
