@@ -136,13 +136,15 @@ class SelfBlendConfig:
         _check(all(k >= 1 for k in self.mask_harmonics), f"mask_harmonics must be >= 1, got {self.mask_harmonics}")
         _check(0.0 <= self.mask_deform < 0.5, f"mask_deform must be in [0, 0.5), got {self.mask_deform}")
         _check(0.0 <= self.drift_amplitude <= 0.5, f"drift_amplitude must be in [0, 0.5], got {self.drift_amplitude}")
-        _check(0 < self.drift_period[0] <= self.drift_period[1], f"drift_period must be 0 < low <= high, got {self.drift_period}")
+        lo, hi = self.drift_period
+        _check(0 < lo <= hi, f"drift_period must be 0 < low <= high, got {self.drift_period}")
         _check(0.0 <= self.margin <= 2.0, f"margin must be in [0, 2], got {self.margin}")
         _check(self.min_face_px >= 1.0, f"min_face_px must be >= 1, got {self.min_face_px}")
         # The blurred mask must fade out (3 sigma) before the edge of the allowed region.
         room = 0.5 + self.margin / 2
         reach_x = self.mask_axis_x[1] * (1 + self.mask_deform) + 3 * self.mask_softness[1]
-        reach_y = self.mask_axis_y[1] * (1 + self.mask_deform) + max(map(abs, self.mask_offset_y)) + 3 * self.mask_softness[1]
+        drop = max(map(abs, self.mask_offset_y))
+        reach_y = self.mask_axis_y[1] * (1 + self.mask_deform) + drop + 3 * self.mask_softness[1]
         _check(
             max(reach_x, reach_y) <= room,
             f"the mask reaches {max(reach_x, reach_y):.3f} of the box from its centre, beyond the "
@@ -184,7 +186,8 @@ class SelfBlend:
 
     Attributes:
         frames: T frames, each ``(H_t, W_t, 3)`` uint8 RGB like its input; a frame without a
-            face is the input array itself (not a copy). ``np.stack`` them when sizes agree.
+            face is the input frame itself, not a copy (a view when the input was one
+            ``(T, H, W, 3)`` array). ``np.stack`` them when sizes agree.
         applied: ``(T,)`` bool, True where the frame's face was blended.
         params: JSON-ready description for the row's ``meta``: ``method``, ``version``,
             ``seed``, ``mask_harmonics`` (per video: ``k``, ``amplitude``, ``phase``),
@@ -284,7 +287,9 @@ def _mask(
     return soft * np.float32(p["alpha"])  # (h, w)
 
 
-def _blend_frame(frame: np.ndarray, box: np.ndarray, p: dict[str, Any], harmonics: np.ndarray, cfg: SelfBlendConfig) -> np.ndarray:
+def _blend_frame(
+    frame: np.ndarray, box: np.ndarray, p: dict[str, Any], harmonics: np.ndarray, cfg: SelfBlendConfig
+) -> np.ndarray:
     """One frame (H, W, 3) uint8 with its face region self-blended; a new array."""
     height, width = frame.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -310,7 +315,11 @@ def _blend_frame(frame: np.ndarray, box: np.ndarray, p: dict[str, Any], harmonic
         [[1.0 / s, 0.0, (fx0 - cx - tx) / s + cx], [0.0, 1.0 / s, (fy0 - cy - ty) / s + cy]], dtype=np.float64
     )
     source = cv2.warpAffine(
-        frame, inv, (fx1 - fx0, fy1 - fy0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101
+        frame,
+        inv,
+        (fx1 - fx0, fy1 - fy0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REFLECT101,
     ).astype(np.float32)  # (h, w, 3)
     # Frequency: unsharp mask, negative amounts blend toward the blurred image.
     blur = cv2.GaussianBlur(source, (0, 0), max(cfg.sharpen_sigma * max(bw, bh), 0.5), borderType=cv2.BORDER_REFLECT101)
