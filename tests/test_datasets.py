@@ -27,7 +27,9 @@ from raydf.datasets import (
     ManifestError,
     build_manifest,
     detect_layout,
+    SkipReason,
     read_manifest,
+    skip_report,
     write_manifest,
 )
 from raydf.schema import (
@@ -348,7 +350,8 @@ def test_dfdc_per_part_metadata(dfdc_root: Path, caplog: pytest.LogCaptureFixtur
     assert rows["dfdc/dfdc_train_part_1/dddddddddd"][SPLIT] == "test"
     assert rows["dfdc/dfdc_train_part_1/dddddddddd"][SOURCE_ID] == "cccccccccc"
     assert "1 videos listed in metadata.json are not on disk" in caplog.text
-    assert "1 videos are in no metadata.json" in caplog.text
+    assert "left out 1 video(s) in no metadata.json, e.g. " + str(dfdc_root / "dfdc_train_part_0/stray00000.mp4") in caplog.text
+    assert skip_report(table).counts == {SkipReason.NOT_IN_METADATA: 1}
 
 
 def test_dfdc_top_level_metadata_finds_videos_in_part_folders(tmp_path: Path) -> None:
