@@ -504,11 +504,13 @@ def check_unique_ids(table: pa.Table, source: str = "manifest") -> None:
 
     Raises:
         DuplicateVideoIdError: naming each repeated id and the URIs of its rows.
-        ManifestError: the table lacks ``video_id`` or ``uri``.
+        ManifestError: the table lacks ``video_id`` or ``uri``, or a row has a null ``video_id``.
     """
     missing = [c for c in (VIDEO_ID, URI) if c not in table.column_names]
     if missing:
         raise ManifestError(source, f"table lacks manifest column(s) {missing}")
+    if table[VIDEO_ID].null_count:
+        raise ManifestError(source, f"{table[VIDEO_ID].null_count} row(s) have no video_id")
     counts = pc.value_counts(table[VIDEO_ID])  # struct<values, counts>, one per distinct id
     repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
     if len(repeated) == 0:
@@ -772,7 +774,7 @@ class _Top:
     @classmethod
     def of(cls, listing: _Listing) -> _Top:
         return cls(
-            frozenset(d for d in listing.dirs if not _hidden(d + "/x")),
+            frozenset(d for d in listing.dirs if not d.startswith(".") and d != _APPLEDOUBLE_DIR),
             frozenset(rel for rel in listing.files if rel.count("/") <= 1 and not _hidden(rel)),
         )
 
