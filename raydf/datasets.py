@@ -46,24 +46,27 @@ Videos are files whose extension, in any case, is one of :data:`VIDEO_EXTENSIONS
 Same stems (the id rule): ids are made from file stems, so two videos of one folder
 with one stem (``clip.mp4`` beside ``clip.mov``) would share an id; both then take
 their whole file name instead (``.../clip.mov``, ``.../clip.mp4``), whatever the order
-they were found in, and every other id stays stem-based. Ids that still repeat (two
-``metadata.jsonl`` lines giving one ``video_id``, a user manifest) raise
-:class:`DuplicateVideoIdError` naming the files (:func:`check_unique_ids`).
+they were found in, and every other id stays stem-based (so a file added beside
+``clip.mp4`` later renames its id). Ids that still repeat (two ``metadata.jsonl``
+lines giving one ``video_id``, a user manifest) raise :class:`DuplicateVideoIdError`
+naming the files (:func:`check_unique_ids`).
 
 What the walk leaves out (the skip rule), counted by :class:`SkipReason`, never
-silently: files inside a folder whose name starts with ``.`` and files whose name starts
-with ``.`` (``hidden``); files named ``._*`` or inside ``__MACOSX/``, the AppleDouble
-companions macOS writes beside real files on foreign volumes and in zips
+silently: files inside a folder whose name starts with ``.`` and files whose name
+starts with ``.`` (``hidden``); files named ``._*`` or inside ``__MACOSX/``, the
+AppleDouble companions macOS writes beside real files on foreign volumes and in zips
 (``appledouble``); files in a layout's video folders without a video extension
 (``not_video``); files outside the layout's folders and files (``outside_layout``);
 FaceForensics++ videos of a compression or method not asked for (``not_selected``);
 DFDC videos named in no ``metadata.json`` (``not_in_metadata``); broken links, entries
-that are not regular files, folders that cannot be listed and link loops
-(``unreadable``). A folder name is tested before a file name (``.cache/._x.mp4`` is
+that are not regular files, local files this process may not read, folders that
+cannot be listed and links back to an ancestor folder (``unreadable``). Folder names
+are tested below the root only, and before the file name (``.cache/._x.mp4`` is
 hidden). The layout's own files (``splits/*.json``, ``List_of_testing_videos.txt``,
 ``metadata.json``, ``metadata.jsonl``) are read, not skipped. :func:`build_manifest`
-logs one line per reason and attaches a :class:`SkipReport` to the table it returns;
-read it with :func:`skip_report`.
+logs one line per reason (INFO; WARNING for ``not_in_metadata`` and ``unreadable``)
+and attaches a :class:`SkipReport` to the table it returns; read it with
+:func:`skip_report`.
 
 ``method`` is ``""`` exactly for real videos; fakes whose method the layout does not
 name get :data:`UNKNOWN_METHOD`. A user may also pass a manifest file (``.parquet`` /
@@ -233,7 +236,7 @@ _SKIP_DESCRIPTIONS = {
     SkipReason.OUTSIDE_LAYOUT: "file(s) outside the layout's folders",
     SkipReason.NOT_SELECTED: "FaceForensics++ video(s) of another compression or method than selected",
     SkipReason.NOT_IN_METADATA: "video(s) in no metadata.json",
-    SkipReason.UNREADABLE: "unreadable entr(ies) (broken link, not a regular file, unlistable folder or link loop)",
+    SkipReason.UNREADABLE: "unreadable entr(ies) (broken link, not a regular file, no read permission, unlistable folder or link loop)",
 }
 _WARN_REASONS = frozenset({SkipReason.NOT_IN_METADATA, SkipReason.UNREADABLE})  # a sign of a broken download
 
