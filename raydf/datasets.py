@@ -4,7 +4,8 @@ A manifest is a :data:`raydf.schema.MANIFEST_SCHEMA` table (``video_id``, ``uri`
 ``label``, ``dataset``, ``split``, ``source_id``, ``method``, ``compression``,
 ``meta``). :func:`build_manifest` walks a dataset root, local or any fsspec URL
 (``s3://bucket/prefix``; s3fs takes credentials and ``AWS_ENDPOINT_URL`` from the
-environment), and understands four layouts:
+environment), once, and hands the files to one of the layouts in the :data:`LAYOUTS`
+registry (its names are :data:`raydf.schema.LAYOUT_NAMES`):
 
 ``ffpp`` (FaceForensics++)
     ``original_sequences/{youtube,actors}/<comp>/videos`` and
@@ -38,6 +39,35 @@ environment), and understands four layouts:
     of a fake's stem before the first ``_`` (``0003_blend`` -> ``0003``), and the part
     after it is the method when it starts with a letter.
 
+Videos are files whose extension, in any case, is one of :data:`VIDEO_EXTENSIONS`
+(the containers FFmpeg/PyAV decode). Symbolic links to files and folders are followed
+(a link back into its own ancestors is not).
+
+Same stems (the id rule): ids are made from file stems, so two videos of one folder
+with one stem (``clip.mp4`` beside ``clip.mov``) would share an id; both then take
+their whole file name instead (``.../clip.mov``, ``.../clip.mp4``), whatever the order
+they were found in, and every other id stays stem-based (so a file added beside
+``clip.mp4`` later renames its id). Ids that still repeat (two ``metadata.jsonl``
+lines giving one ``video_id``, a user manifest) raise :class:`DuplicateVideoIdError`
+naming the files (:func:`check_unique_ids`).
+
+What the walk leaves out (the skip rule), counted by :class:`SkipReason`, never
+silently: files inside a folder whose name starts with ``.`` and files whose name
+starts with ``.`` (``hidden``); files named ``._*`` or inside ``__MACOSX/``, the
+AppleDouble companions macOS writes beside real files on foreign volumes and in zips
+(``appledouble``); files in a layout's video folders without a video extension
+(``not_video``); files outside the layout's folders and files (``outside_layout``);
+FaceForensics++ videos of a compression or method not asked for (``not_selected``);
+DFDC videos named in no ``metadata.json`` (``not_in_metadata``); broken links, entries
+that are not regular files, local files this process may not read, folders that
+cannot be listed and links back to an ancestor folder (``unreadable``). Folder names
+are tested below the root only, and before the file name (``.cache/._x.mp4`` is
+hidden). The layout's own files (``splits/*.json``, ``List_of_testing_videos.txt``,
+``metadata.json``, ``metadata.jsonl``) are read, not skipped. :func:`build_manifest`
+logs one line per reason (INFO; WARNING for ``not_in_metadata`` and ``unreadable``)
+and attaches a :class:`SkipReport` to the table it returns; read it with
+:func:`skip_report`.
+
 ``method`` is ``""`` exactly for real videos; fakes whose method the layout does not
 name get :data:`UNKNOWN_METHOD`. A user may also pass a manifest file (``.parquet`` /
 ``.csv``) instead of a root: see :func:`read_manifest`.
@@ -53,15 +83,19 @@ import csv
 import io
 import json
 import logging
+import os
 import posixpath
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
@@ -69,7 +103,9 @@ from raydf.schema import (
     COMPRESSION,
     DATASET,
     FAKE,
+    FFPP_METHODS,
     LABEL,
+    LAYOUT_NAMES,
     MANIFEST_COLUMNS,
     MANIFEST_SCHEMA,
     META,
@@ -86,27 +122,46 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ManifestError",
+    "DuplicateVideoIdError",
+    "Layout",
     "LAYOUTS",
+    "LAYOUT_NAMES",
     "FFPP_METHODS",
     "FFPP_COMPRESSIONS",
     "UNKNOWN_METHOD",
+    "VIDEO_EXTENSIONS",
+    "SkipReason",
+    "SkipReport",
     "detect_layout",
     "build_manifest",
     "read_manifest",
     "write_manifest",
+    "check_unique_ids",
+    "skip_report",
 ]
 
-LAYOUTS = ("ffpp", "celebdf", "dfdc", "folders")
-FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
 FFPP_COMPRESSIONS = ("raw", "c23", "c40")
 UNKNOWN_METHOD = "unknown"  # a fake whose manipulation method the layout does not name
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+# Every container FFmpeg (PyAV) decodes that users bring videos in; matched case-insensitively.
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg",
+    ".ts", ".mts", ".m2ts", ".3gp", ".flv", ".wmv", ".ogv",
+)
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 REQUIRED_COLUMNS = (VIDEO_ID, URI, LABEL)  # the rest of MANIFEST_COLUMNS have defaults
+
+_VIDEO_EXTENSIONS = frozenset(VIDEO_EXTENSIONS)
+_APPLEDOUBLE_DIR = "__MACOSX"  # where macOS zips keep the ._* companions
+_SKIP_EXAMPLES = 3  # paths kept per skip reason
+_SKIPS_KEY = b"raydf.manifest_skips"  # Arrow schema metadata of a built manifest; read by skip_report() only
 
 _FFPP_DFD = "DeepFakeDetection"  # the actors method: not in the official pair splits
 _FFPP_PAIR = re.compile(r"^(?P<target>[^_]+)_(?P<donor>[^_]+)$")  # 071_054
 _FFPP_DFD_NAME = re.compile(r"^(?P<target>\d+)_(?P<donor>\d+)__(?P<scene>.+)__(?P<tag>[^_]+)$")  # 01_02__scene__YVGY8LOK
+_FFPP_VIDEO_FOLDER = re.compile(  # any FF++ video folder, selected or not
+    rf"^(original_sequences/(youtube|actors)|manipulated_sequences/({'|'.join(map(re.escape, FFPP_METHODS))}))"
+    rf"/({'|'.join(FFPP_COMPRESSIONS)})/videos$"
+)
 
 _CELEBDF_REAL = ("Celeb-real", "YouTube-real")
 _CELEBDF_FAKE = ("Celeb-synthesis",)
@@ -141,22 +196,153 @@ class ManifestError(ValueError):
         self.reason = reason
 
 
+class DuplicateVideoIdError(ManifestError):
+    """Several manifest rows share a ``video_id``.
+
+    Attributes:
+        duplicates: each repeated ``video_id`` -> the URIs of its rows, sorted.
+    """
+
+    def __init__(self, source: str, duplicates: Mapping[str, Sequence[str]]) -> None:
+        shown = "; ".join(f"{vid!r} in {', '.join(uris)}" for vid, uris in list(duplicates.items())[:5])
+        more = f"; and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        super().__init__(source, f"{len(duplicates)} duplicate video_id(s): {shown}{more}")
+        self.duplicates = MappingProxyType({vid: tuple(uris) for vid, uris in duplicates.items()})
+
+
+# ---- what a walk leaves out --------------------------------------------------------------------
+
+
+class SkipReason(StrEnum):
+    """Why a file under a dataset root is not in its manifest (see the module's skip rule)."""
+
+    HIDDEN = "hidden"
+    APPLEDOUBLE = "appledouble"
+    NOT_VIDEO = "not_video"
+    OUTSIDE_LAYOUT = "outside_layout"
+    NOT_SELECTED = "not_selected"
+    NOT_IN_METADATA = "not_in_metadata"
+    UNREADABLE = "unreadable"
+
+    @property
+    def description(self) -> str:
+        return _SKIP_DESCRIPTIONS[self]
+
+
+_SKIP_DESCRIPTIONS = {
+    SkipReason.HIDDEN: "hidden file(s) (the name or a folder starts with '.')",
+    SkipReason.APPLEDOUBLE: "AppleDouble file(s) (._* or under __MACOSX/)",
+    SkipReason.NOT_VIDEO: "file(s) without a video extension",
+    SkipReason.OUTSIDE_LAYOUT: "file(s) outside the layout's folders",
+    SkipReason.NOT_SELECTED: "FaceForensics++ video(s) of another compression or method than selected",
+    SkipReason.NOT_IN_METADATA: "video(s) in no metadata.json",
+    SkipReason.UNREADABLE: "unreadable entr(ies) (broken link, not a regular file, no read permission, unlistable folder or link loop)",
+}
+_WARN_REASONS = frozenset({SkipReason.NOT_IN_METADATA, SkipReason.UNREADABLE})  # a sign of a broken download
+
+
+@dataclass(frozen=True)
+class SkipReport:
+    """Files under a dataset root that a manifest leaves out, counted by :class:`SkipReason`.
+
+    Attributes:
+        counts: reason -> number of files (reasons with none are absent), in :class:`SkipReason` order.
+        examples: reason -> up to 3 URIs of such files, in walk order (sorted paths).
+    """
+
+    counts: Mapping[SkipReason, int] = field(default_factory=dict)
+    examples: Mapping[SkipReason, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        counts = {SkipReason(k): int(v) for k, v in self.counts.items() if v}
+        counts = {reason: counts[reason] for reason in SkipReason if reason in counts}  # the enum's order
+        object.__setattr__(self, "counts", MappingProxyType(counts))
+        examples = {SkipReason(k): tuple(v) for k, v in self.examples.items()}
+        object.__setattr__(self, "examples", MappingProxyType({k: examples.get(k, ()) for k in self.counts}))
+
+    @property
+    def total(self) -> int:
+        """Number of files left out, all reasons together."""
+        return sum(self.counts.values())
+
+    def lines(self) -> list[str]:
+        """One plain-words line per reason, e.g. ``"2 hidden file(s) (...), e.g. /data/real/.a.mp4"``."""
+        out = []
+        for reason, n in self.counts.items():
+            line = f"{n} {reason.description}"
+            if self.examples[reason]:
+                line += f", e.g. {', '.join(self.examples[reason])}"
+            out.append(line)
+        return out
+
+    def to_json(self) -> str:
+        """``{"counts": {reason: n}, "examples": {reason: [uri, ...]}}``."""
+        return json.dumps(
+            {"counts": dict(self.counts), "examples": {k: list(v) for k, v in self.examples.items()}}, sort_keys=False
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SkipReport:
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            ValueError: not a skip report (unknown reason, wrong shape).
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("counts"), dict):
+            raise ValueError(f"not a skip report: {text!r}")
+        return cls(data["counts"], data.get("examples") or {})
+
+
+def skip_report(manifest: pa.Table) -> SkipReport:
+    """The files :func:`build_manifest` left out of ``manifest`` (counts and examples per reason).
+
+    Args:
+        manifest: a table returned by :func:`build_manifest` (the report rides in its Arrow
+            schema metadata, so take it before transforming the table).
+
+    Returns:
+        The report; an empty one for a table read from a manifest file (no walk) or one whose
+        schema metadata was dropped.
+    """
+    metadata = manifest.schema.metadata or {}
+    return SkipReport.from_json(metadata[_SKIPS_KEY]) if _SKIPS_KEY in metadata else SkipReport()
+
+
+class _Skips:
+    """Collects skipped files of one walk; paths relative to the root, reported as URIs."""
+
+    def __init__(self, root: _Root) -> None:
+        self._root = root
+        self._counts: Counter[SkipReason] = Counter()
+        self._examples: dict[SkipReason, list[str]] = defaultdict(list)
+
+    def add(self, reason: SkipReason, rel: str) -> None:
+        self._counts[reason] += 1
+        if len(self._examples[reason]) < _SKIP_EXAMPLES:
+            self._examples[reason].append(self._root.uri(rel))
+
+    def report(self) -> SkipReport:
+        return SkipReport(dict(self._counts), {k: tuple(v) for k, v in self._examples.items()})
+
+
 # ---- public API --------------------------------------------------------------------------------
 
 
 def detect_layout(root: str) -> str:
-    """Name the layout of a dataset root from its top-level entries.
+    """Name the layout of a dataset root from its first two levels.
 
     Args:
         root: local directory or fsspec URL (``s3://bucket/prefix``).
 
     Returns:
-        One of :data:`LAYOUTS`.
+        One of :data:`LAYOUTS` (= :data:`raydf.schema.LAYOUT_NAMES`).
 
     Raises:
         ManifestError: ``root`` is missing, fits no layout, or fits several.
     """
-    return _detect(_Root.open(root))
+    r = _Root.open(root)
+    return _detect(r, r.walk(maxdepth=2))
 
 
 def build_manifest(
@@ -169,6 +355,10 @@ def build_manifest(
 ) -> pa.Table:
     """Build the manifest of a dataset root (or load a manifest file).
 
+    The root is walked once (every file, following links); what the layout does not take is
+    counted by :class:`SkipReason`, logged one line per reason and attached to the table
+    (:func:`skip_report`).
+
     Args:
         root: dataset directory, local or fsspec URL; a path ending in ``.parquet`` or
             ``.csv`` is read with :func:`read_manifest` instead (``layout`` is then ignored).
@@ -180,10 +370,13 @@ def build_manifest(
             defaults to the layout name.
 
     Returns:
-        A table with exactly :data:`raydf.schema.MANIFEST_SCHEMA`, sorted by ``video_id``.
+        A table with exactly :data:`raydf.schema.MANIFEST_SCHEMA`, sorted by ``video_id``,
+        carrying its :class:`SkipReport`.
 
     Raises:
-        ManifestError: malformed layout files, no videos found, duplicate video ids.
+        ManifestError: malformed layout files, no videos found (the message lists what was
+            left out and why).
+        DuplicateVideoIdError: two rows share a ``video_id`` (names their files).
         ValueError: unknown layout, compression or method.
     """
     if root.lower().endswith(MANIFEST_SUFFIXES):
@@ -195,22 +388,24 @@ def build_manifest(
     methods = _parse_methods(ffpp_methods)
 
     r = _Root.open(root)
+    listing = r.walk()
     if layout == "auto":
-        layout = _detect(r)
+        layout = _detect(r, listing)
         log.info("%s: detected layout %r", r.display, layout)
-    dataset = dataset_name or layout
-    if layout == "ffpp":
-        rows = _ffpp_rows(r, dataset, ffpp_compression, methods)
-    elif layout == "celebdf":
-        rows = _celebdf_rows(r, dataset)
-    elif layout == "dfdc":
-        rows = _dfdc_rows(r, dataset)
-    else:
-        rows = _folder_rows(r, dataset)
+    skips = _Skips(r)
+    files = _screen(listing, skips)
+    request = _Request(dataset=dataset_name or layout, ffpp_compression=ffpp_compression, ffpp_methods=methods)
+    rows = LAYOUTS[layout].rows(r, files, skips, request)
+    report = skips.report()
+    for reason, line in zip(report.counts, report.lines()):
+        log.log(logging.WARNING if reason in _WARN_REASONS else logging.INFO, "%s: left out %s", r.display, line)
     if not rows:
-        raise ManifestError(r.display, f"no videos found for layout {layout!r}")
-    table = _to_table(rows, r.display)
-    log.info("%s: %d videos (%d fake)", r.display, len(rows), sum(row[LABEL] for row in rows))
+        left_out = f"; left out {'; '.join(report.lines())}" if report.total else ""
+        raise ManifestError(r.display, f"no videos found for layout {layout!r}{left_out}")
+    table = _to_table(rows, r.display, report)
+    log.info(
+        "%s: %d videos (%d fake), %d files left out", r.display, len(rows), sum(row[LABEL] for row in rows), report.total
+    )
     return table
 
 
@@ -229,11 +424,12 @@ def read_manifest(path: str, *, dataset_name: str | None = None) -> pa.Table:
         dataset_name: ``dataset`` value for rows that have none.
 
     Returns:
-        A table with exactly :data:`raydf.schema.MANIFEST_SCHEMA`, sorted by ``video_id``.
+        A table with exactly :data:`raydf.schema.MANIFEST_SCHEMA`, sorted by ``video_id``
+        (its :func:`skip_report` is empty: nothing was walked).
 
     Raises:
-        ManifestError: unreadable file, missing columns, bad values (CSV: with the line),
-            duplicate video ids.
+        ManifestError: unreadable file, missing columns, bad values (CSV: with the line).
+        DuplicateVideoIdError: two rows share a ``video_id`` (names their URIs).
     """
     fs, fpath = fsspec.core.url_to_fs(path)
     base = posixpath.dirname(fpath)
@@ -299,15 +495,54 @@ def write_manifest(table: pa.Table, path: str) -> None:
         f.write(buf.getvalue())
 
 
+def check_unique_ids(table: pa.Table, source: str = "manifest") -> None:
+    """Refuse a manifest in which two rows share a ``video_id`` (the feature store's key).
+
+    Every path that builds or reads a manifest here calls it; call it on a manifest made
+    elsewhere before extracting it.
+
+    Args:
+        table: a table with at least the ``video_id`` and ``uri`` columns.
+        source: where the table came from, for the message (a root, a file, ``"manifest"``).
+
+    Raises:
+        DuplicateVideoIdError: naming each repeated id and the URIs of its rows.
+        ManifestError: the table lacks ``video_id`` or ``uri``, or a row has a null ``video_id``.
+    """
+    missing = [c for c in (VIDEO_ID, URI) if c not in table.column_names]
+    if missing:
+        raise ManifestError(source, f"table lacks manifest column(s) {missing}")
+    if table[VIDEO_ID].null_count:
+        raise ManifestError(source, f"{table[VIDEO_ID].null_count} row(s) have no video_id")
+    counts = pc.value_counts(table[VIDEO_ID])  # struct<values, counts>, one per distinct id
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(repeated) == 0:
+        return
+    rows = table.select([VIDEO_ID, URI]).filter(pc.is_in(table[VIDEO_ID], value_set=repeated))
+    uris: dict[str, list[str]] = defaultdict(list)
+    for video_id, uri in zip(rows[VIDEO_ID].to_pylist(), rows[URI].to_pylist()):
+        uris[video_id].append(uri)
+    raise DuplicateVideoIdError(source, {vid: sorted(uris[vid]) for vid in sorted(uris)})
+
+
 # ---- filesystem access -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class _Listing:
+    """Every entry under a root, as paths relative to it."""
+
+    files: tuple[str, ...]  # regular files (links followed), sorted
+    dirs: frozenset[str]  # names of the folders directly under the root
+    unreadable: tuple[str, ...]  # broken links, non-regular files, unlistable folders, link loops
+
+
+@dataclass(frozen=True)
 class _Root:
-    """A dataset root on some fsspec filesystem; paths are the filesystem's (no protocol)."""
+    """A dataset root on some fsspec filesystem; ``rel`` paths are relative to it, ``/``-separated."""
 
     fs: fsspec.AbstractFileSystem
-    path: str
+    path: str  # the filesystem's path (no protocol), no trailing slash
     display: str  # the root as the user wrote it, for messages
 
     @classmethod
@@ -319,40 +554,65 @@ class _Root:
             raise ManifestError(root, "dataset root is not an existing directory")
         return cls(fs, path, root)
 
-    def join(self, *parts: str) -> str:
-        return "/".join([self.path, *parts])
+    def full(self, rel: str) -> str:
+        return f"{self.path.rstrip('/')}/{rel}" if rel else self.path
 
     def rel(self, path: str) -> str:
-        return path[len(self.path) + 1 :]
+        prefix = self.path.rstrip("/") + "/"
+        return path[len(prefix) :] if path.startswith(prefix) else ""
 
-    def uri(self, path: str) -> str:
-        """Full URI of ``path``: an absolute local path, or ``protocol://...``."""
+    def uri(self, rel: str) -> str:
+        """Full URI of ``rel``: an absolute local path, or ``protocol://...``."""
+        path = self.full(rel)
         return path if isinstance(self.fs, LocalFileSystem) else self.fs.unstrip_protocol(path)
 
-    def children(self) -> tuple[set[str], set[str]]:
-        """(directory names, file names) directly under the root."""
-        dirs, files = set(), set()
-        for entry in self.fs.ls(self.path, detail=True):
-            name = posixpath.basename(entry["name"].rstrip("/"))
-            (dirs if entry["type"] == "directory" else files).add(name)
-        return dirs, files
+    def read_text(self, rel: str) -> str:
+        return _read_text(self.fs, self.full(rel), self.uri(rel))
 
-    def isfile(self, path: str) -> bool:
-        return self.fs.isfile(path)
+    def walk(self, maxdepth: int | None = None) -> _Listing:
+        """List every file under the root (``maxdepth`` 1 = the root's own files only)."""
+        if isinstance(self.fs, LocalFileSystem):
+            return self._walk_local(maxdepth)
+        # object stores: one flat listing (s3fs pages 1,000 keys a request); no links there
+        entries = self.fs.find(self.path, maxdepth=maxdepth, withdirs=False, detail=True)
+        files, unreadable = [], []
+        for name, info in entries.items():
+            rel = self.rel(name)
+            if rel:
+                (files if info["type"] == "file" else unreadable).append(rel)
+        dirs = frozenset(rel.split("/", 1)[0] for rel in files + unreadable if "/" in rel)
+        return _Listing(tuple(sorted(files)), dirs, tuple(sorted(unreadable)))
 
-    def videos(self, directory: str, recursive: bool = False) -> list[str]:
-        """Sorted video files in ``directory`` ([] when it does not exist)."""
-        try:
-            if recursive:
-                names = self.fs.find(directory)
-            else:
-                names = [e["name"] for e in self.fs.ls(directory, detail=True) if e["type"] == "file"]
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in names if n.lower().endswith(VIDEO_EXTENSIONS))
+    def _walk_local(self, maxdepth: int | None) -> _Listing:
+        # os.walk, not fsspec: fsspec's local listing types a link as "other" and does not descend
+        # into linked folders, and it drops unlistable folders silently.
+        files: list[str] = []
+        unreadable: list[str] = []
+        dirs: set[str] = set()
 
-    def read_text(self, path: str) -> str:
-        return _read_text(self.fs, path, self.uri(path))
+        def failed(exc: OSError) -> None:
+            unreadable.append(self.rel(exc.filename) if isinstance(exc.filename, str) else "")
+
+        for here, subdirs, names in os.walk(self.path, onerror=failed, followlinks=True):
+            rel_here = self.rel(here)
+            depth = rel_here.count("/") + 1 if rel_here else 0
+            if depth == 0:
+                dirs.update(subdirs)
+            real = os.path.realpath(here)
+            keep = []
+            for d in subdirs:
+                link = os.path.join(here, d)
+                target = os.path.realpath(link)
+                if os.path.islink(link) and (real == target or real.startswith(target.rstrip("/") + "/")):
+                    unreadable.append(posixpath.join(rel_here, d))  # a link to an ancestor: a loop
+                else:
+                    keep.append(d)
+            subdirs[:] = keep if maxdepth is None or depth + 1 < maxdepth else []
+            for name in names:
+                path = os.path.join(here, name)
+                readable = os.path.isfile(path) and os.access(path, os.R_OK)
+                (files if readable else unreadable).append(posixpath.join(rel_here, name))
+        return _Listing(tuple(sorted(files)), frozenset(dirs), tuple(sorted(unreadable)))
 
 
 def _read_text(fs: fsspec.AbstractFileSystem, path: str, display: str) -> str:
@@ -365,13 +625,13 @@ def _read_text(fs: fsspec.AbstractFileSystem, path: str, display: str) -> str:
         raise ManifestError(display, f"not UTF-8 text ({exc})") from exc
 
 
-def _load_json(r: _Root, path: str) -> tuple[Any, str]:
+def _load_json(r: _Root, rel: str) -> tuple[Any, str]:
     """Parse a JSON file; a syntax error becomes a ManifestError with its line."""
-    text = r.read_text(path)
+    text = r.read_text(rel)
     try:
         return json.loads(text), text
     except json.JSONDecodeError as exc:
-        raise ManifestError(r.uri(path), f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from exc
+        raise ManifestError(r.uri(rel), f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from exc
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -396,31 +656,142 @@ def _entry_line(text: str, index: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-# ---- layouts -----------------------------------------------------------------------------------
+# ---- the walk, shared by every layout ----------------------------------------------------------
 
 
-def _detect(r: _Root) -> str:
-    dirs, files = r.children()
-    found = []
-    if dirs & {"original_sequences", "manipulated_sequences"}:
-        found.append("ffpp")
-    if dirs & set(_CELEBDF_REAL + _CELEBDF_FAKE):
-        found.append("celebdf")
-    if _DFDC_METADATA in files:
-        found.append("dfdc")
-    if dirs & set(_FOLDER_LABELS):
-        found.append("folders")
-    if not found and any(r.isfile(r.join(d, _DFDC_METADATA)) for d in sorted(dirs)):
-        found.append("dfdc")  # only part folders (dfdc_train_part_N/metadata.json)
+def _hidden(rel: str) -> SkipReason | None:
+    """The skip rule for names: a folder decides before the file name (``.cache/._x.mp4`` is hidden)."""
+    *folders, name = rel.split("/")
+    for folder in folders:
+        if folder.startswith("."):
+            return SkipReason.HIDDEN
+        if folder == _APPLEDOUBLE_DIR:
+            return SkipReason.APPLEDOUBLE
+    if name.startswith("._"):
+        return SkipReason.APPLEDOUBLE
+    if name.startswith("."):
+        return SkipReason.HIDDEN
+    return None
+
+
+def _screen(listing: _Listing, skips: _Skips) -> list[str]:
+    """The visible, readable files of a walk (sorted); the rest is counted in ``skips``."""
+    for rel in listing.unreadable:
+        skips.add(_hidden(rel) or SkipReason.UNREADABLE, rel)
+    visible = []
+    for rel in listing.files:
+        reason = _hidden(rel)
+        if reason:
+            skips.add(reason, rel)
+        else:
+            visible.append(rel)
+    return visible
+
+
+def _is_video(rel: str) -> bool:
+    return posixpath.splitext(rel)[1].lower() in _VIDEO_EXTENSIONS
+
+
+def _stem(path: str) -> str:
+    return posixpath.splitext(posixpath.basename(path))[0]
+
+
+def _take_videos(
+    files: Iterable[str],
+    skips: _Skips,
+    folder_of: Callable[[str], str | None],
+    *,
+    read: Iterable[str] = (),
+    elsewhere: Callable[[str], SkipReason] = lambda rel: SkipReason.OUTSIDE_LAYOUT,
+) -> dict[str, list[str]]:
+    """Videos of the layout's video folders, by folder; every other file is counted in ``skips``.
+
+    Args:
+        files: visible files (relative paths, sorted).
+        skips: the walk's skip counts.
+        folder_of: a file's video folder (any key), or None when it is in none.
+        read: the layout's own files (read, not skipped).
+        elsewhere: the reason for a file in no video folder.
+    """
+    read = set(read)
+    videos: dict[str, list[str]] = defaultdict(list)
+    for rel in files:
+        if rel in read:
+            continue
+        folder = folder_of(rel)
+        if folder is None:
+            skips.add(elsewhere(rel), rel)
+        elif _is_video(rel):
+            videos[folder].append(rel)
+        else:
+            skips.add(SkipReason.NOT_VIDEO, rel)
+    return videos
+
+
+def _id_names(paths: Iterable[str]) -> dict[str, str]:
+    """path -> the last part of its video id: its stem, or its file name where stems collide.
+
+    Within one folder, every file whose stem (or, once qualified, name) another file's id
+    would repeat takes its whole name; repeated until the names are unique. The result
+    depends on the set of paths only, not their order; a folder without collisions keeps
+    plain stems.
+    """
+    by_folder: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        by_folder[posixpath.dirname(path)].append(path)
+    names: dict[str, str] = {}
+    for group in by_folder.values():
+        qualified: set[str] = set()
+        while True:
+            ids = {p: posixpath.basename(p) if p in qualified else _stem(p) for p in group}
+            counts = Counter(ids.values())
+            clash = {p for p, i in ids.items() if counts[i] > 1} - qualified
+            if not clash:  # file names are unique in a folder, so a clash always has an unqualified member
+                break
+            qualified |= clash
+        names.update(ids)
+    return names
+
+
+def _id_path(rel: str, names: Mapping[str, str]) -> str:
+    """``rel`` with its file part replaced by its id name (no extension unless it collides)."""
+    return posixpath.join(posixpath.dirname(rel), names[rel])
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What :func:`build_manifest` asks of a layout."""
+
+    dataset: str
+    ffpp_compression: str
+    ffpp_methods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Top:
+    """What detection looks at: the visible entries of a root's first two levels."""
+
+    dirs: frozenset[str]  # folders directly under the root
+    files: frozenset[str]  # files at the root and one folder down (relative paths)
+
+    @classmethod
+    def of(cls, listing: _Listing) -> _Top:
+        return cls(
+            frozenset(d for d in listing.dirs if not d.startswith(".") and d != _APPLEDOUBLE_DIR),
+            frozenset(rel for rel in listing.files if rel.count("/") <= 1 and not _hidden(rel)),
+        )
+
+
+def _detect(r: _Root, listing: _Listing) -> str:
+    top = _Top.of(listing)
+    fits = {name: layout.detect(top) for name, layout in LAYOUTS.items()}
+    best = max(fits.values())
+    found = [name for name, fit in fits.items() if fit and fit == best]
     if len(found) > 1:
         raise ManifestError(r.display, f"dataset root fits several layouts {found}; pass the layout explicitly")
     if not found:
-        raise ManifestError(
-            r.display,
-            "no known dataset layout: expected original_sequences/ or manipulated_sequences/ (ffpp), "
-            "Celeb-real/ YouTube-real/ Celeb-synthesis/ (celebdf), [*/]metadata.json (dfdc), "
-            "or real/ and fake/ (folders)",
-        )
+        expected = ", ".join(f"{layout.expects} ({name})" for name, layout in LAYOUTS.items())
+        raise ManifestError(r.display, f"no known dataset layout: expected {expected}")
     return found[0]
 
 
@@ -435,7 +806,7 @@ def _parse_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
 
 def _row(
     r: _Root,
-    path: str,
+    rel: str,
     *,
     video_id: str,
     label: int,
@@ -448,7 +819,7 @@ def _row(
 ) -> dict[str, Any]:
     return {
         VIDEO_ID: video_id,
-        URI: r.uri(path),
+        URI: r.uri(rel),
         LABEL: label,
         DATASET: dataset,
         SPLIT: split,
@@ -459,82 +830,93 @@ def _row(
     }
 
 
-def _stem(path: str) -> str:
-    return posixpath.splitext(posixpath.basename(path))[0]
+# ---- FaceForensics++ ---------------------------------------------------------------------------
 
 
-def _ffpp_splits(r: _Root) -> tuple[dict[frozenset[str], str], dict[str, str]]:
+def _ffpp_detect(top: _Top) -> int:
+    return 2 if top.dirs & {"original_sequences", "manipulated_sequences"} else 0
+
+
+def _ffpp_splits(r: _Root, found: set[str]) -> tuple[dict[frozenset[str], str], dict[str, str]]:
     """(pair -> split, id -> split) from ``splits/{train,val,test}.json``."""
     pair_split: dict[frozenset[str], str] = {}
     id_split: dict[str, tuple[str, str]] = {}  # id -> (split, file it came from)
     for split in SPLITS:
-        path = r.join("splits", f"{split}.json")
-        if not r.isfile(path):
-            log.warning("%s: missing; FaceForensics++ videos of its pairs get split ''", r.uri(path))
+        rel = f"splits/{split}.json"
+        if rel not in found:
+            log.warning("%s: missing; FaceForensics++ videos of its pairs get split ''", r.uri(rel))
             continue
-        pairs, text = _load_json(r, path)
+        pairs, text = _load_json(r, rel)
         if not isinstance(pairs, list):
-            raise ManifestError(r.uri(path), 'expected a JSON list of pairs like [["071", "054"], ...]', line=1)
+            raise ManifestError(r.uri(rel), 'expected a JSON list of pairs like [["071", "054"], ...]', line=1)
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) and v for v in pair)):
                 raise ManifestError(
-                    r.uri(path),
+                    r.uri(rel),
                     f'entry {i} must be a pair of video ids like ["071", "054"], got {pair!r}',
                     line=_entry_line(text, i),
                 )
             for vid in pair:
                 if vid in id_split and id_split[vid][0] != split:
                     raise ManifestError(
-                        r.uri(path),
+                        r.uri(rel),
                         f"video id {vid!r} is also in {id_split[vid][1]} (split {id_split[vid][0]!r})",
                         line=_entry_line(text, i),
                     )
-                id_split[vid] = (split, r.uri(path))
+                id_split[vid] = (split, r.uri(rel))
             pair_split[frozenset(pair)] = split
     return pair_split, {vid: s for vid, (s, _) in id_split.items()}
 
 
-def _ffpp_rows(r: _Root, dataset: str, compression: str, methods: tuple[str, ...]) -> list[dict[str, Any]]:
-    pair_split, id_split = _ffpp_splits(r)
-    origins = []  # actors originals are the real side of DeepFakeDetection only
-    if any(m != _FFPP_DFD for m in methods):
-        origins.append(("youtube", "original"))
-    if _FFPP_DFD in methods:
-        origins.append(("actors", "actors"))
+def _ffpp_rows(r: _Root, files: Sequence[str], skips: _Skips, req: _Request) -> list[dict[str, Any]]:
+    comp = req.ffpp_compression
+    pair_split, id_split = _ffpp_splits(r, set(files))
+    folders: dict[str, tuple[str, str]] = {}  # selected video folder -> (id tag, origin or method)
+    if any(m != _FFPP_DFD for m in req.ffpp_methods):
+        folders[f"original_sequences/youtube/{comp}/videos"] = ("original", "youtube")
+    if _FFPP_DFD in req.ffpp_methods:  # actors originals are the real side of DeepFakeDetection only
+        folders[f"original_sequences/actors/{comp}/videos"] = ("actors", "actors")
+    for method in req.ffpp_methods:
+        folders[f"manipulated_sequences/{method}/{comp}/videos"] = (method, method)
+    videos = _take_videos(
+        files,
+        skips,
+        lambda rel: d if (d := posixpath.dirname(rel)) in folders else None,
+        read=(f"splits/{split}.json" for split in SPLITS),
+        elsewhere=lambda rel: (
+            SkipReason.NOT_SELECTED if _FFPP_VIDEO_FOLDER.match(posixpath.dirname(rel)) else SkipReason.OUTSIDE_LAYOUT
+        ),
+    )
 
     rows = []
-    for origin, tag in origins:
-        directory = r.join("original_sequences", origin, compression, "videos")
-        files = r.videos(directory)
-        if not files:
-            log.warning("%s: no videos", r.uri(directory))
-        for path in files:
-            stem = _stem(path)
-            rows.append(
-                _row(
-                    r,
-                    path,
-                    video_id=f"{dataset}/{tag}/{compression}/{stem}",
-                    label=REAL,
-                    dataset=dataset,
-                    split=id_split.get(stem, "") if origin == "youtube" else "",
-                    source_id=stem,
-                    method="",
-                    compression=compression,
-                    meta={"origin": origin},
-                )
-            )
-
-    for method in methods:
-        directory = r.join("manipulated_sequences", method, compression, "videos")
-        files = r.videos(directory)
-        if not files:
-            log.warning("%s: no videos", r.uri(directory))
+    for folder, (tag, kind) in folders.items():
+        paths = videos.get(folder, [])
+        if not paths:
+            log.warning("%s: no videos", r.uri(folder))
+        names = _id_names(paths)
         unparsed = 0
-        for path in files:
-            stem = _stem(path)
+        for rel in paths:
+            stem = _stem(rel)
+            video_id = f"{req.dataset}/{tag}/{comp}/{names[rel]}"
+            if folder.startswith("original_sequences/"):
+                split = id_split.get(stem, "") if kind == "youtube" else ""
+                rows.append(
+                    _row(
+                        r,
+                        rel,
+                        video_id=video_id,
+                        label=REAL,
+                        dataset=req.dataset,
+                        split=split,
+                        source_id=stem,
+                        method="",
+                        compression=comp,
+                        meta={"origin": kind},
+                    )
+                )
+                continue
             split, source_id, meta = "", stem, {}
-            if method == _FFPP_DFD:
+            if kind == _FFPP_DFD:
                 m = _FFPP_DFD_NAME.match(stem)
                 if m:
                     source_id = f"{m['target']}__{m['scene']}"
@@ -549,45 +931,52 @@ def _ffpp_rows(r: _Root, dataset: str, compression: str, methods: tuple[str, ...
             rows.append(
                 _row(
                     r,
-                    path,
-                    video_id=f"{dataset}/{method}/{compression}/{stem}",
+                    rel,
+                    video_id=video_id,
                     label=FAKE,
-                    dataset=dataset,
+                    dataset=req.dataset,
                     split=split,
                     source_id=source_id,
-                    method=method,
-                    compression=compression,
+                    method=kind,
+                    compression=comp,
                     meta=meta,
                 )
             )
         if unparsed:
             log.warning(
-                "%s: %d file names not in the expected pattern; source_id = own stem, split ''", r.uri(directory), unparsed
+                "%s: %d file names not in the expected pattern; source_id = own stem, split ''", r.uri(folder), unparsed
             )
     return rows
 
 
-def _celebdf_test_list(r: _Root) -> set[str]:
+# ---- Celeb-DF v2 -------------------------------------------------------------------------------
+
+
+def _celebdf_detect(top: _Top) -> int:
+    return 2 if top.dirs & set(_CELEBDF_REAL + _CELEBDF_FAKE) else 0
+
+
+def _celebdf_test_list(r: _Root, found: set[str]) -> set[str]:
     """Relative paths listed in ``List_of_testing_videos.txt`` (label checked against folder)."""
-    path = r.join(_CELEBDF_TEST_LIST)
-    if not r.isfile(path):
-        log.warning("%s: missing; no Celeb-DF video gets split 'test'", r.uri(path))
+    if _CELEBDF_TEST_LIST not in found:
+        log.warning("%s: missing; no Celeb-DF video gets split 'test'", r.uri(_CELEBDF_TEST_LIST))
         return set()
+    where = r.uri(_CELEBDF_TEST_LIST)
     listed = set()
-    for lineno, line in enumerate(r.read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(r.read_text(_CELEBDF_TEST_LIST).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2 or parts[0] not in _CELEBDF_TEST_LABELS:
-            raise ManifestError(r.uri(path), f"expected '<1 real | 0 fake> <folder>/<file>.mp4', got {line!r}", line=lineno)
+            raise ManifestError(where, f"expected '<1 real | 0 fake> <folder>/<file>.mp4', got {line!r}", line=lineno)
         rel = parts[1].removeprefix("./")
         folder = rel.split("/", 1)[0]
         if "/" not in rel or folder not in _CELEBDF_REAL + _CELEBDF_FAKE:
-            raise ManifestError(r.uri(path), f"unknown Celeb-DF folder in {rel!r}", line=lineno)
+            raise ManifestError(where, f"unknown Celeb-DF folder in {rel!r}", line=lineno)
         listed_real = _CELEBDF_TEST_LABELS[parts[0]] == REAL
         if listed_real != (folder in _CELEBDF_REAL):
             raise ManifestError(
-                r.uri(path),
+                where,
                 f"label {parts[0]} ({'real' if listed_real else 'fake'}) disagrees with folder {folder!r} of {rel!r}",
                 line=lineno,
             )
@@ -595,13 +984,19 @@ def _celebdf_test_list(r: _Root) -> set[str]:
     return listed
 
 
-def _celebdf_rows(r: _Root, dataset: str) -> list[dict[str, Any]]:
-    test = _celebdf_test_list(r)
+def _celebdf_rows(r: _Root, files: Sequence[str], skips: _Skips, req: _Request) -> list[dict[str, Any]]:
+    test = _celebdf_test_list(r, set(files))
+    folders = _CELEBDF_REAL + _CELEBDF_FAKE
+    videos = _take_videos(
+        files, skips, lambda rel: d if (d := posixpath.dirname(rel)) in folders else None, read=(_CELEBDF_TEST_LIST,)
+    )
     rows, seen = [], set()
-    for folder in _CELEBDF_REAL + _CELEBDF_FAKE:
+    for folder in folders:
         label = REAL if folder in _CELEBDF_REAL else FAKE
-        for path in r.videos(r.join(folder)):
-            stem, rel = _stem(path), r.rel(path)
+        paths = videos.get(folder, [])
+        names = _id_names(paths)
+        for rel in paths:
+            stem = _stem(rel)
             seen.add(rel)
             source_id, meta = stem, {}
             m = _CELEBDF_SYNTHESIS.match(stem) if label == FAKE else None
@@ -611,10 +1006,10 @@ def _celebdf_rows(r: _Root, dataset: str) -> list[dict[str, Any]]:
             rows.append(
                 _row(
                     r,
-                    path,
-                    video_id=f"{dataset}/{folder}/{stem}",
+                    rel,
+                    video_id=f"{req.dataset}/{_id_path(rel, names)}",
                     label=label,
-                    dataset=dataset,
+                    dataset=req.dataset,
                     split="test" if rel in test else "",
                     source_id=source_id,
                     method="" if label == REAL else folder,
@@ -623,8 +1018,18 @@ def _celebdf_rows(r: _Root, dataset: str) -> list[dict[str, Any]]:
             )
     missing = len(test - seen)
     if missing:
-        log.warning("%s: %d listed test videos are not on disk", r.uri(r.join(_CELEBDF_TEST_LIST)), missing)
+        log.warning("%s: %d listed test videos are not on disk", r.uri(_CELEBDF_TEST_LIST), missing)
     return rows
+
+
+# ---- DFDC --------------------------------------------------------------------------------------
+
+
+def _dfdc_detect(top: _Top) -> int:
+    if _DFDC_METADATA in top.files:
+        return 2
+    # only part folders (dfdc_train_part_N/metadata.json): counts when no layout fits better
+    return 1 if any(rel.count("/") == 1 and posixpath.basename(rel) == _DFDC_METADATA for rel in top.files) else 0
 
 
 @dataclass(frozen=True)
@@ -636,9 +1041,9 @@ class _DfdcEntry:
     index: int  # position in that file, for error lines
 
 
-def _dfdc_entries(r: _Root, path: str) -> dict[str, _DfdcEntry]:
-    data, text = _load_json(r, path)
-    where = r.uri(path)
+def _dfdc_entries(r: _Root, rel: str) -> dict[str, _DfdcEntry]:
+    data, text = _load_json(r, rel)
+    where = r.uri(rel)
     if not isinstance(data, dict):
         raise ManifestError(where, 'expected a JSON object {"<file>.mp4": {"label": "REAL"|"FAKE", ...}}', line=1)
     entries = {}
@@ -663,59 +1068,57 @@ def _dfdc_entries(r: _Root, path: str) -> dict[str, _DfdcEntry]:
     return entries
 
 
-def _dfdc_rows(r: _Root, dataset: str) -> list[dict[str, Any]]:
-    dirs, files = r.children()
-    folders = [d for d in sorted(dirs) if r.isfile(r.join(d, _DFDC_METADATA))]
-    metadata = [r.join(d, _DFDC_METADATA) for d in folders]  # part files win over a top-level one
+def _dfdc_rows(r: _Root, files: Sequence[str], skips: _Skips, req: _Request) -> list[dict[str, Any]]:
+    # part files first, so they win over a top-level one
+    metadata = [rel for rel in files if rel.count("/") == 1 and posixpath.basename(rel) == _DFDC_METADATA]
     if _DFDC_METADATA in files:
-        metadata.append(r.join(_DFDC_METADATA))
-    on_disk = set(r.videos(r.path))
-    for d in sorted(dirs):
-        on_disk.update(r.videos(r.join(d)))
-    by_name: dict[str, list[str]] = {}
-    for path in on_disk:
-        by_name.setdefault(posixpath.basename(path), []).append(path)
+        metadata.append(_DFDC_METADATA)
+    videos = _take_videos(  # videos at the root and in part folders
+        files, skips, lambda rel: posixpath.dirname(rel) if rel.count("/") <= 1 else None, read=metadata
+    )
+    on_disk = {rel for paths in videos.values() for rel in paths}
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for rel in sorted(on_disk):
+        by_name[posixpath.basename(rel)].append(rel)
 
     claimed: dict[str, _DfdcEntry] = {}
     missing = 0
-    for meta_path in metadata:
-        folder = posixpath.dirname(meta_path)
-        top_level = folder == r.path
-        for name, entry in _dfdc_entries(r, meta_path).items():
-            path = f"{folder}/{name}"
-            if path not in on_disk and top_level and len(by_name.get(name, [])) == 1:
-                path = by_name[name][0]  # a merged top-level metadata.json for videos in part folders
-            if path not in on_disk:
+    for meta_rel in metadata:
+        folder = posixpath.dirname(meta_rel)
+        for name, entry in _dfdc_entries(r, meta_rel).items():
+            rel = posixpath.join(folder, name)
+            if rel not in on_disk and not folder and len(by_name.get(name, [])) == 1:
+                rel = by_name[name][0]  # a merged top-level metadata.json for videos in part folders
+            if rel not in on_disk:
                 missing += 1
                 continue
-            if path in claimed:
-                if claimed[path].label != entry.label:
+            if rel in claimed:
+                if claimed[rel].label != entry.label:
                     raise ManifestError(
                         entry.metadata,
-                        f"{name!r} has label {entry.label} here but {claimed[path].label} in {claimed[path].metadata}",
-                        line=_entry_line(r.read_text(meta_path), entry.index),
+                        f"{name!r} has label {entry.label} here but {claimed[rel].label} in {claimed[rel].metadata}",
+                        line=_entry_line(r.read_text(meta_rel), entry.index),
                     )
                 continue
-            claimed[path] = entry
+            claimed[rel] = entry
     if missing:
         log.warning("%s: %d videos listed in metadata.json are not on disk; skipped", r.display, missing)
-    unlisted = sorted(on_disk - set(claimed))
-    if unlisted:
-        log.warning("%s: %d videos are in no metadata.json (e.g. %s); skipped", r.display, len(unlisted), unlisted[0])
+    for rel in sorted(on_disk - set(claimed)):
+        skips.add(SkipReason.NOT_IN_METADATA, rel)
 
+    names = _id_names(claimed)
     rows = []
-    for path, entry in claimed.items():
-        stem = _stem(path)
-        rel = r.rel(path)
+    for rel, entry in claimed.items():
+        stem = _stem(rel)
         source_id = _stem(entry.original) if entry.label == FAKE and entry.original else stem
         meta = {"part": posixpath.dirname(rel), "original": entry.original, "dfdc_split": entry.split}
         rows.append(
             _row(
                 r,
-                path,
-                video_id=f"{dataset}/{posixpath.splitext(rel)[0]}",
+                rel,
+                video_id=f"{req.dataset}/{_id_path(rel, names)}",
                 label=entry.label,
-                dataset=dataset,
+                dataset=req.dataset,
                 split=entry.split if entry.split in ("val", "test") else "",
                 source_id=source_id,
                 method="" if entry.label == REAL else UNKNOWN_METHOD,
@@ -723,6 +1126,13 @@ def _dfdc_rows(r: _Root, dataset: str) -> list[dict[str, Any]]:
             )
         )
     return rows
+
+
+# ---- plain folders -----------------------------------------------------------------------------
+
+
+def _folders_detect(top: _Top) -> int:
+    return 2 if top.dirs & set(_FOLDER_LABELS) else 0
 
 
 def _parse_label(value: Any) -> int | None:
@@ -735,14 +1145,13 @@ def _parse_label(value: Any) -> int | None:
     return None
 
 
-def _folder_metadata(r: _Root) -> dict[str, tuple[int, dict[str, Any]]]:
+def _folder_metadata(r: _Root, found: set[str]) -> dict[str, tuple[int, dict[str, Any]]]:
     """``file`` -> (line, entry) from the optional ``metadata.jsonl``."""
-    path = r.join(_FOLDER_METADATA)
-    if not r.isfile(path):
+    if _FOLDER_METADATA not in found:
         return {}
-    where = r.uri(path)
+    where = r.uri(_FOLDER_METADATA)
     entries: dict[str, tuple[int, dict[str, Any]]] = {}
-    for lineno, line in enumerate(r.read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(r.read_text(_FOLDER_METADATA).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -770,51 +1179,94 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _folder_rows(r: _Root, dataset: str) -> list[dict[str, Any]]:
-    described = _folder_metadata(r)
+def _folder_rows(r: _Root, files: Sequence[str], skips: _Skips, req: _Request) -> list[dict[str, Any]]:
+    described = _folder_metadata(r, set(files))
     has_metadata = bool(described)
+    videos = _take_videos(
+        files,
+        skips,
+        lambda rel: top if "/" in rel and (top := rel.split("/", 1)[0]) in _FOLDER_LABELS else None,
+        read=(_FOLDER_METADATA,),
+    )
+    found: dict[str, tuple[int, dict[str, Any]]] = {}  # video -> (label, its metadata.jsonl entry or {})
+    for folder, label in _FOLDER_LABELS.items():
+        for rel in videos.get(folder, []):
+            found[rel] = (label, described.pop(rel, (0, {}))[1])
+    names = _id_names(rel for rel, (_, entry) in found.items() if not entry.get(VIDEO_ID))
     rows = []
     unlisted = 0
-    for folder, label in _FOLDER_LABELS.items():
-        for path in r.videos(r.join(folder), recursive=True):
-            rel = r.rel(path)
-            stem = _stem(path)
-            source_id, method = stem, ""
+    for rel, (label, entry) in found.items():
+        stem = _stem(rel)
+        source_id, method = stem, ""
+        if label == FAKE:
+            head, _, tail = stem.partition("_")
+            source_id = head if tail else stem
+            method = tail if tail[:1].isalpha() else UNKNOWN_METHOD
+        split, meta = "", {}
+        if entry:
+            source_id = str(entry.get(SOURCE_ID) or source_id)
             if label == FAKE:
-                head, _, tail = stem.partition("_")
-                source_id = head if tail else stem
-                method = tail if tail[:1].isalpha() else UNKNOWN_METHOD
-            video_id = f"{dataset}/{posixpath.splitext(rel)[0]}"
-            split, meta = "", {}
-            if rel in described:
-                _, entry = described.pop(rel)
-                video_id = str(entry.get(VIDEO_ID) or video_id)
-                source_id = str(entry.get(SOURCE_ID) or source_id)
-                if label == FAKE:
-                    method = str(entry.get(METHOD) or entry.get("family") or method)
-                split = entry.get(SPLIT) or ""
-                # scalars only: per-frame ground truth (boxes, manipulation, ...) stays in metadata.jsonl
-                meta = {k: v for k, v in entry.items() if k not in _FOLDER_CONSUMED_KEYS and _is_scalar(v)}
-            elif has_metadata:
-                unlisted += 1
-            rows.append(
-                _row(
-                    r,
-                    path,
-                    video_id=video_id,
-                    label=label,
-                    dataset=dataset,
-                    split=split,
-                    source_id=source_id,
-                    method=method,
-                    meta=meta,
-                )
+                method = str(entry.get(METHOD) or entry.get("family") or method)
+            split = entry.get(SPLIT) or ""
+            # scalars only: per-frame ground truth (boxes, manipulation, ...) stays in metadata.jsonl
+            meta = {k: v for k, v in entry.items() if k not in _FOLDER_CONSUMED_KEYS and _is_scalar(v)}
+        elif has_metadata:
+            unlisted += 1
+        video_id = str(entry.get(VIDEO_ID) or f"{req.dataset}/{_id_path(rel, names)}")
+        rows.append(
+            _row(
+                r,
+                rel,
+                video_id=video_id,
+                label=label,
+                dataset=req.dataset,
+                split=split,
+                source_id=source_id,
+                method=method,
+                meta=meta,
             )
+        )
     if unlisted:
         log.warning("%s: %d videos are not in %s; ids derived from file names", r.display, unlisted, _FOLDER_METADATA)
     if described:
         log.warning("%s: %d files listed in %s are not on disk; skipped", r.display, len(described), _FOLDER_METADATA)
     return rows
+
+
+# ---- the registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A dataset layout of the :data:`LAYOUTS` registry; add one here (and its name to
+    :data:`raydf.schema.LAYOUT_NAMES`) to support a new dataset.
+
+    Attributes:
+        name: the layout's name, as in :data:`raydf.schema.LAYOUT_NAMES`.
+        expects: what its root holds, for the message when a root fits no layout.
+        detect: how a root's first two levels fit it: 0 not, 1 weakly (only when no layout
+            fits strongly), 2 strongly; two layouts fitting equally is an error.
+        rows: the manifest rows of a walked root, given its visible files (relative paths,
+            sorted); counts what it leaves out in the skip collector.
+    """
+
+    name: str
+    expects: str
+    detect: Callable[[_Top], int]
+    rows: Callable[[_Root, Sequence[str], _Skips, _Request], list[dict[str, Any]]]
+
+
+LAYOUTS: Mapping[str, Layout] = MappingProxyType(
+    {
+        layout.name: layout
+        for layout in (
+            Layout("ffpp", "original_sequences/ or manipulated_sequences/", _ffpp_detect, _ffpp_rows),
+            Layout("celebdf", "Celeb-real/ YouTube-real/ Celeb-synthesis/", _celebdf_detect, _celebdf_rows),
+            Layout("dfdc", "[*/]metadata.json", _dfdc_detect, _dfdc_rows),
+            Layout("folders", "real/ and fake/", _folders_detect, _folder_rows),
+        )
+    }
+)  # name -> Layout, in raydf.schema.LAYOUT_NAMES order; iterating gives the names
 
 
 # ---- manifest files ----------------------------------------------------------------------------
@@ -862,10 +1314,9 @@ def _manifest_record(
     }
 
 
-def _to_table(rows: list[dict[str, Any]], source: str) -> pa.Table:
-    counts = Counter(row[VIDEO_ID] for row in rows)
-    duplicates = sorted(v for v, n in counts.items() if n > 1)
-    if duplicates:
-        raise ManifestError(source, f"{len(duplicates)} duplicate video_id(s), e.g. {duplicates[:5]}")
-    rows = sorted(rows, key=lambda row: row[VIDEO_ID])
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+def _to_table(rows: list[dict[str, Any]], source: str, report: SkipReport | None = None) -> pa.Table:
+    table = pa.Table.from_pylist(sorted(rows, key=lambda row: row[VIDEO_ID]), schema=MANIFEST_SCHEMA)
+    check_unique_ids(table, source)
+    if report is not None:
+        table = table.replace_schema_metadata({_SKIPS_KEY: report.to_json().encode()})
+    return table

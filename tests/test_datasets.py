@@ -1,6 +1,6 @@
 """Input manifests from the official dataset layouts (FF++, Celeb-DF v2, DFDC, plain folders).
 
-Fixture trees hold empty ``.mp4`` files: building a manifest never decodes a video.
+Fixture trees hold empty video files: building a manifest lists files and never decodes one.
 """
 
 from __future__ import annotations
@@ -9,25 +9,28 @@ import json
 import logging
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import raydf.schema
 from raydf.datasets import (
     FFPP_COMPRESSIONS,
     FFPP_METHODS,
+    LAYOUTS,
     UNKNOWN_METHOD,
+    VIDEO_EXTENSIONS,
+    DuplicateVideoIdError,
     ManifestError,
+    SkipReason,
+    SkipReport,
     build_manifest,
+    check_unique_ids,
     detect_layout,
     read_manifest,
+    skip_report,
     write_manifest,
 )
 from raydf.schema import (
@@ -348,7 +351,8 @@ def test_dfdc_per_part_metadata(dfdc_root: Path, caplog: pytest.LogCaptureFixtur
     assert rows["dfdc/dfdc_train_part_1/dddddddddd"][SPLIT] == "test"
     assert rows["dfdc/dfdc_train_part_1/dddddddddd"][SOURCE_ID] == "cccccccccc"
     assert "1 videos listed in metadata.json are not on disk" in caplog.text
-    assert "1 videos are in no metadata.json" in caplog.text
+    assert "left out 1 video(s) in no metadata.json, e.g. " + str(dfdc_root / "dfdc_train_part_0/stray00000.mp4") in caplog.text
+    assert skip_report(table).counts == {SkipReason.NOT_IN_METADATA: 1}
 
 
 def test_dfdc_top_level_metadata_finds_videos_in_part_folders(tmp_path: Path) -> None:
@@ -427,6 +431,7 @@ def test_make_dataset_output_reads_as_folders(generated_dataset: Path) -> None:
         assert (row[LABEL], row[SOURCE_ID], row[URI]) == (rec["label"], rec["source_id"], str(generated_dataset / rec["file"]))
         assert row[METHOD] == rec["family"]
         assert "boxes" not in json.loads(row[META])  # per-frame ground truth stays in metadata.jsonl
+    assert skip_report(table) == SkipReport()  # make-dataset writes nothing a manifest leaves out
 
 
 # ---- manifest files ----------------------------------------------------------------------------
@@ -483,77 +488,359 @@ def test_malformed_csv_manifest_names_its_line(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"must end in"):
         write_manifest(pa.table({}), str(tmp_path / "m.txt"))
 
+
+
+# every layout of the registry has a fixture tree here (test_registry_* fail when one is missing)
+MAKERS = {"ffpp": make_ffpp, "celebdf": make_celebdf, "dfdc": make_dfdc, "folders": make_folders}
+
+# The ids these trees had before same-stem ids existed; a collision-free tree must keep them exactly.
+GOLDEN_IDS = {
+    "ffpp": [
+        "ffpp/DeepFakeDetection/c23/01_02__exit_phone_room__YVGY8LOK",
+        "ffpp/Deepfakes/c23/000_001",
+        "ffpp/Deepfakes/c23/001_000",
+        "ffpp/Deepfakes/c23/002_003",
+        "ffpp/Deepfakes/c23/003_002",
+        "ffpp/Deepfakes/c23/004_005",
+        "ffpp/Deepfakes/c23/006_007",
+        "ffpp/Face2Face/c23/000_001",
+        "ffpp/FaceShifter/c23/005_004",
+        "ffpp/actors/c23/01__exit_phone_room",
+        *(f"ffpp/original/c23/{i:03d}" for i in range(8)),
+    ],
+    "celebdf": [
+        "celebdf/Celeb-real/id0_0000",
+        "celebdf/Celeb-real/id0_0001",
+        "celebdf/Celeb-real/id1_0000",
+        "celebdf/Celeb-synthesis/id0_id1_0000",
+        "celebdf/Celeb-synthesis/id0_id1_0001",
+        "celebdf/Celeb-synthesis/id1_id0_0000",
+        "celebdf/YouTube-real/00000",
+        "celebdf/YouTube-real/00170",
+    ],
+    "dfdc": [
+        "dfdc/dfdc_train_part_0/aaaaaaaaaa",
+        "dfdc/dfdc_train_part_0/bbbbbbbbbb",
+        "dfdc/dfdc_train_part_1/cccccccccc",
+        "dfdc/dfdc_train_part_1/dddddddddd",
+    ],
+    "folders": ["folders/fake/0002_swap", "folders/real/0002", "gen-f-0001", "gen-r-0001"],
+}
+
+
+# ---- the layout registry -----------------------------------------------------------------------
+
+
+def test_registry_is_the_schema_layout_list() -> None:
+    assert tuple(LAYOUTS) == raydf.schema.LAYOUT_NAMES
+    assert FFPP_METHODS is raydf.schema.FFPP_METHODS
+    assert set(MAKERS) == set(LAYOUTS) == set(GOLDEN_IDS)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_every_registered_layout_detects_and_lists_its_tree(name: str, tmp_path: Path) -> None:
+    layout = LAYOUTS[name]
+    assert layout.name == name
+    root = str(MAKERS[name](tmp_path / name))
+    assert detect_layout(root) == name
+    table = build_manifest(root)
+    _assert_valid_manifest(table)
+    assert table.equals(build_manifest(root, name))
+    assert set(table.column(DATASET).to_pylist()) == {name}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_collision_free_trees_keep_their_ids(name: str, tmp_path: Path) -> None:
+    table = build_manifest(str(MAKERS[name](tmp_path / name)))
+    assert table.column(VIDEO_ID).to_pylist() == GOLDEN_IDS[name]
+
+
+def test_no_layout_message_names_every_registered_layout(tmp_path: Path) -> None:
+    _touch(tmp_path / "x", "videos/a.mp4")
+    with pytest.raises(ManifestError) as info:
+        detect_layout(str(tmp_path / "x"))
+    for name in LAYOUTS:
+        assert f"({name})" in str(info.value)
+
+
+# ---- video extensions --------------------------------------------------------------------------
+
+
+def _cases(ext: str) -> list[str]:
+    """The extension in lower, upper and mixed case (".mp4" -> ".mp4", ".MP4", ".Mp4")."""
+    return [ext, ext.upper(), ext[:2].upper() + ext[2:]]
+
+
+def test_every_video_extension_in_any_case_is_a_video_in_folders(tmp_path: Path) -> None:
+    root = tmp_path / "mixed"
+    expected = {}
+    for i, ext in enumerate(VIDEO_EXTENSIONS):
+        for j, variant in enumerate(_cases(ext)):
+            rel = f"{'real' if j % 2 else 'fake'}/{i:02d}{j}_{ext[1:]}{variant}"
+            _touch(root, rel)
+            expected[f"folders/{rel.rsplit('.', 1)[0]}"] = str(root / rel)
+    _touch(root, "real/notes.txt", "real/clip.mp4.part", "fake/frame.jpg")
+    table = build_manifest(str(root))
+    _assert_valid_manifest(table)
+    assert dict(zip(table.column(VIDEO_ID).to_pylist(), table.column(URI).to_pylist())) == expected
+    assert len(expected) == 3 * len(VIDEO_EXTENSIONS) == 45
+    report = skip_report(table)
+    assert report.counts == {SkipReason.NOT_VIDEO: 3}
+    assert report.examples[SkipReason.NOT_VIDEO] == tuple(str(root / r) for r in ("fake/frame.jpg", "real/clip.mp4.part", "real/notes.txt"))
+
+
+def test_every_video_extension_is_a_video_in_the_official_layouts(tmp_path: Path) -> None:
+    exts = [variant for ext in VIDEO_EXTENSIONS for variant in _cases(ext)]
+    celeb = tmp_path / "celeb"
+    _touch(celeb, *(f"Celeb-real/id{i}_0000{ext}" for i, ext in enumerate(exts)))
+    _touch(celeb, *(f"Celeb-synthesis/id{i}_id0_0000{ext}" for i, ext in enumerate(exts)))
+    _write(celeb, "List_of_testing_videos.txt", f"1 Celeb-real/id3_0000{exts[3]}\n")
+    rows = _by_id(build_manifest(str(celeb)))
+    assert len(rows) == 2 * len(exts)
+    assert rows["celebdf/Celeb-real/id3_0000"][SPLIT] == "test"
+    assert rows["celebdf/Celeb-synthesis/id7_id0_0000"][SOURCE_ID] == "id7_0000"
+
+    ffpp = tmp_path / "ffpp"
+    _touch(ffpp, *(f"manipulated_sequences/Deepfakes/c23/videos/{i:03d}_999{ext}" for i, ext in enumerate(exts)))
+    _touch(ffpp, *(f"original_sequences/youtube/c23/videos/{i:03d}{ext}" for i, ext in enumerate(exts)))
+    _write(ffpp, "splits/train.json", json.dumps([["010", "999"]]))
+    rows = _by_id(build_manifest(str(ffpp), ffpp_methods="Deepfakes"))
+    assert len(rows) == 2 * len(exts)
+    assert (rows["ffpp/Deepfakes/c23/010_999"][SPLIT], rows["ffpp/original/c23/010"][SPLIT]) == ("train", "train")
+
+    dfdc = tmp_path / "dfdc"
+    names = [f"v{i:09d}{ext}" for i, ext in enumerate(exts)]
+    _touch(dfdc, *(f"part_0/{n}" for n in names))
+    _write(dfdc, "part_0/metadata.json", json.dumps({n: {"label": "REAL"} for n in names}))
+    table = build_manifest(str(dfdc))
+    assert table.num_rows == len(exts) and skip_report(table).total == 0
+
+
+# ---- hidden and AppleDouble files --------------------------------------------------------------
+
+
+def test_hidden_and_appledouble_files_are_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_folders(tmp_path / "mac", with_metadata=False)
+    hidden = ["fake/.0003_swap.mp4", "real/.cache/0009.mp4", ".DS_Store", "real/.ipynb_checkpoints/._0010.mp4"]
+    appledouble = ["real/._0001.mp4", "fake/._0001_blend.mp4", "__MACOSX/real/._0002.mp4", "fake/__MACOSX/0004_x.mp4"]
+    _touch(root, *hidden, *appledouble)
+    with caplog.at_level(logging.INFO, logger="raydf.datasets"):
+        table = build_manifest(str(root))
+    assert table.column(VIDEO_ID).to_pylist() == [
+        "folders/fake/0001_blend",
+        "folders/fake/0002_swap",
+        "folders/real/0001",
+        "folders/real/0002",
+    ]
+    report = skip_report(table)
+    assert report.counts == {SkipReason.HIDDEN: 4, SkipReason.APPLEDOUBLE: 4}
+    assert report.total == 8
+    assert set(report.examples[SkipReason.HIDDEN]) <= {str(root / rel) for rel in hidden}
+    assert len(report.examples[SkipReason.APPLEDOUBLE]) == 3  # a few examples, not every path
+    skipped = [rec for rec in caplog.records if ": left out " in rec.getMessage()]
+    assert [rec.levelno for rec in skipped] == [logging.INFO, logging.INFO]  # one line per reason
+    lines = [rec.getMessage() for rec in skipped]
+    assert lines[0].startswith(f"{root}: left out 4 hidden file(s)")
+    assert lines[1].startswith(f"{root}: left out 4 AppleDouble file(s)")
+    # the rule looks below the root only: a root inside a hidden folder is read as usual
+    inside = make_folders(tmp_path / ".cache" / "ds", with_metadata=False)
+    assert build_manifest(str(inside)).num_rows == 4
+
+
+def test_appledouble_files_in_an_official_layout_are_skipped(celebdf_root: Path) -> None:
+    _touch(celebdf_root, "Celeb-real/._id0_0000.mp4", "YouTube-real/.00171.mp4", "Celeb-synthesis/readme.txt", "extra/a.mp4")
+    table = build_manifest(str(celebdf_root))
+    assert table.column(VIDEO_ID).to_pylist() == GOLDEN_IDS["celebdf"]
+    assert skip_report(table).counts == {
+        SkipReason.HIDDEN: 1,
+        SkipReason.APPLEDOUBLE: 1,
+        SkipReason.NOT_VIDEO: 1,
+        SkipReason.OUTSIDE_LAYOUT: 1,
+    }
+
+
+def test_hidden_folders_do_not_decide_the_layout(tmp_path: Path) -> None:
+    root = make_dfdc(tmp_path / "dfdc")
+    _touch(root, ".trash/real/a.mp4", "__MACOSX/fake/._b.mp4")
+    assert detect_layout(str(root)) == "dfdc"
+
+
+def test_a_root_with_nothing_usable_says_what_was_left_out(tmp_path: Path) -> None:
+    _touch(tmp_path / "r", "real/._a.mp4", "real/a.txt", "fake/.b.mp4")
+    with pytest.raises(ManifestError, match=r"no videos found for layout 'folders'; left out 1 hidden.*; 1 AppleDouble.*; 1 file\(s\) without a video"):
+        build_manifest(str(tmp_path / "r"))
+
+
+# ---- what else a walk leaves out ---------------------------------------------------------------
+
+
+def test_other_compressions_methods_and_extra_folders_are_counted(ffpp_root: Path) -> None:
+    _touch(ffpp_root, "manipulated_sequences/Deepfakes/masks/videos/000_001.mp4", "README.md", "splits/notes.txt")
+    table = build_manifest(str(ffpp_root), ffpp_methods="Deepfakes")
+    report = skip_report(table)
+    # c40 (2), Face2Face + FaceShifter + DeepFakeDetection (3) and the actors original (1) were not asked for
+    assert report.counts == {SkipReason.OUTSIDE_LAYOUT: 3, SkipReason.NOT_SELECTED: 6}
+    assert str(ffpp_root / "manipulated_sequences/Deepfakes/masks/videos/000_001.mp4") in report.examples[SkipReason.OUTSIDE_LAYOUT]
+    assert table.num_rows == 8 + 6
+
+
+def test_links_are_followed_and_broken_links_and_loops_counted(tmp_path: Path) -> None:
+    store = make_folders(tmp_path / "store", with_metadata=False)
+    root = tmp_path / "linked"
+    _touch(root, "real/0005.mp4")
+    os.symlink(store / "fake", root / "fake")  # a linked folder
+    os.symlink(store / "real/0001.mp4", root / "real/0001.mp4")  # a linked file
+    os.symlink(tmp_path / "nowhere.mp4", root / "real/0006.mp4")  # broken
+    os.symlink(root, root / "real/loop")  # back to an ancestor
+    assert detect_layout(str(root)) == "folders"
+    table = build_manifest(str(root))
+    assert table.column(VIDEO_ID).to_pylist() == [
+        "folders/fake/0001_blend",
+        "folders/fake/0002_swap",
+        "folders/real/0001",
+        "folders/real/0005",
+    ]
+    assert _by_id(table)["folders/fake/0002_swap"][URI] == str(root / "fake/0002_swap.mp4")  # the path as walked
+    report = skip_report(table)
+    assert report.counts == {SkipReason.UNREADABLE: 2}
+    assert report.examples[SkipReason.UNREADABLE] == (str(root / "real/0006.mp4"), str(root / "real/loop"))
+
+
+def test_skip_report_round_trips_and_is_empty_for_manifest_files(celebdf_root: Path, tmp_path: Path) -> None:
+    report = SkipReport({"hidden": 2, "not_video": 1}, {"hidden": ["/a/.x.mp4"], "not_video": ["/a/y.txt"]})
+    assert list(report.counts) == [SkipReason.HIDDEN, SkipReason.NOT_VIDEO]
+    assert SkipReport.from_json(report.to_json()) == report
+    assert report.lines()[0] == "2 hidden file(s) (the name or a folder starts with '.'), e.g. /a/.x.mp4"
+    with pytest.raises(ValueError):
+        SkipReport.from_json('{"counts": {"lost": 1}}')
+    write_manifest(build_manifest(str(celebdf_root)), str(tmp_path / "m.parquet"))
+    assert skip_report(read_manifest(str(tmp_path / "m.parquet"))) == SkipReport()
+
+
+# ---- same stems, duplicate ids -----------------------------------------------------------------
+
+
+def test_same_stem_pair_gets_two_rows_with_qualified_ids(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "pair", with_metadata=False)
+    _touch(root, "real/clip.mp4", "real/clip.mov", "real/nested/clip.mp4")
+    rows = _by_id(build_manifest(str(root)))
+    assert rows["folders/real/clip.mov"][URI] == str(root / "real/clip.mov")
+    assert rows["folders/real/clip.mp4"][URI] == str(root / "real/clip.mp4")
+    assert rows["folders/real/clip.mp4"][SOURCE_ID] == rows["folders/real/clip.mov"][SOURCE_ID] == "clip"
+    assert "folders/real/nested/clip" in rows  # alone in its folder: plain stem
+    assert "folders/real/0001" in rows and len(rows) == 4 + 3
+
+
+def test_same_stem_pair_in_official_layouts(ffpp_root: Path, dfdc_root: Path) -> None:
+    _touch(ffpp_root, "manipulated_sequences/Deepfakes/c23/videos/000_001.MOV")
+    rows = _by_id(build_manifest(str(ffpp_root)))
+    pair = [rows["ffpp/Deepfakes/c23/000_001.MOV"], rows["ffpp/Deepfakes/c23/000_001.mp4"]]
+    assert [(r[SPLIT], r[SOURCE_ID]) for r in pair] == [("train", "000")] * 2
+    assert "ffpp/Deepfakes/c23/000_001" not in rows and "ffpp/Face2Face/c23/000_001" in rows
+
+    _touch(dfdc_root, "dfdc_train_part_1/cccccccccc.webm")
+    meta = json.loads((dfdc_root / "dfdc_train_part_1/metadata.json").read_text())
+    meta["cccccccccc.webm"] = {"label": "REAL"}
+    _write(dfdc_root, "dfdc_train_part_1/metadata.json", json.dumps(meta))
+    rows = _by_id(build_manifest(str(dfdc_root)))
+    assert {"dfdc/dfdc_train_part_1/cccccccccc.mp4", "dfdc/dfdc_train_part_1/cccccccccc.webm"} <= set(rows)
+    assert rows["dfdc/dfdc_train_part_1/dddddddddd"][SOURCE_ID] == "cccccccccc"
+
+
+def test_same_stem_ids_do_not_depend_on_listing_order() -> None:
+    from itertools import permutations
+
+    from raydf.datasets import _id_names
+
+    files = ["d/clip.mp4", "d/clip.mov", "d/clip.MP4", "d/clip.mp4.mkv", "d/a", "d/a.avi", "d/solo.mp4"]
+    expected = {
+        "d/clip.mp4": "clip.mp4",
+        "d/clip.mov": "clip.mov",
+        "d/clip.MP4": "clip.MP4",
+        "d/clip.mp4.mkv": "clip.mp4.mkv",  # its stem would repeat the qualified clip.mp4
+        "d/a": "a",
+        "d/a.avi": "a.avi",
+        "d/solo.mp4": "solo",
+    }
+    for order in permutations(files):
+        assert _id_names(order) == expected
+
+
+def test_duplicate_ids_from_metadata_name_the_files(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "gen", with_metadata=False)
+    _write(root, "metadata.jsonl", '{"file": "real/0001.mp4", "video_id": "x"}\n{"file": "fake/0002_swap.mp4", "video_id": "x"}\n')
+    with pytest.raises(DuplicateVideoIdError) as info:
+        build_manifest(str(root))
+    files = (str(root / "fake/0002_swap.mp4"), str(root / "real/0001.mp4"))
+    assert dict(info.value.duplicates) == {"x": files}
+    assert f"1 duplicate video_id(s): 'x' in {files[0]}, {files[1]}" in str(info.value)
+    assert isinstance(info.value, ManifestError)
+
+
+def test_duplicate_ids_in_a_user_manifest_name_the_files(tmp_path: Path) -> None:
+    _write(tmp_path, "m.csv", "video_id,uri,label\na,/v/a1.mp4,0\nb,/v/b.mp4,1\na,/v/a2.mp4,1\n")
+    with pytest.raises(DuplicateVideoIdError, match=r"m\.csv: 1 duplicate video_id\(s\): 'a' in /v/a1\.mp4, /v/a2\.mp4"):
+        read_manifest(str(tmp_path / "m.csv"))
+
+
+def test_check_unique_ids_on_any_table() -> None:
+    ok = pa.table({VIDEO_ID: ["a", "b"], URI: ["/a.mp4", "/b.mp4"]})
+    check_unique_ids(ok)
+    many = pa.table({VIDEO_ID: [f"v{i % 7}" for i in range(21)], URI: [f"/{i}.mp4" for i in range(21)]})
+    with pytest.raises(DuplicateVideoIdError, match=r"^job: 7 duplicate video_id\(s\): 'v0' in /0\.mp4, /14\.mp4, /7\.mp4;.*; and 2 more$") as info:
+        check_unique_ids(many, "job")
+    assert len(info.value.duplicates) == 7
+    with pytest.raises(ManifestError, match="lacks"):
+        check_unique_ids(pa.table({VIDEO_ID: ["a"]}))
+    with pytest.raises(ManifestError, match="2 row.s. have no video_id"):
+        check_unique_ids(pa.table({VIDEO_ID: [None, "a", None], URI: ["/1.mp4", "/2.mp4", "/3.mp4"]}))
+
+
 # ---- S3 (moto) ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> str:
-    server = Path(sys.executable).parent / "moto_server"
-    if not server.exists():
-        pytest.skip("moto_server is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture
-def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    s3fs = pytest.importorskip("s3fs")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()  # an instance built before would keep its old endpoint
-    yield moto_endpoint
-    s3fs.S3FileSystem.clear_instance_cache()
+def _upload(s3, local: Path, bucket: str, prefix: str) -> None:
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            s3.client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(local).as_posix()}", Body=path.read_bytes())
 
 
 @pytest.mark.integration
-def test_celebdf_on_s3_matches_local(s3_env: str, tmp_path: Path) -> None:
-    import boto3
-
+def test_celebdf_on_s3_matches_local(s3, tmp_path: Path) -> None:
     local = make_celebdf(tmp_path / "celeb")
-    client = boto3.client("s3", endpoint_url=s3_env)
-    client.create_bucket(Bucket="bucket")
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            client.put_object(Bucket="bucket", Key=f"celeb/{path.relative_to(local).as_posix()}", Body=path.read_bytes())
+    _touch(local, "Celeb-real/id0_0000.M4V", "Celeb-real/._id1_0000.mp4", "YouTube-real/.hidden/00001.mp4", "notes.txt")
+    bucket = s3.make_bucket("celeb")
+    _upload(s3, local, bucket, "celeb")
 
-    assert detect_layout("s3://bucket/celeb") == "celebdf"
-    remote = build_manifest("s3://bucket/celeb")
+    assert detect_layout(f"s3://{bucket}/celeb") == "celebdf"
+    remote = build_manifest(f"s3://{bucket}/celeb")
     expected = build_manifest(str(local))
     _assert_valid_manifest(remote)
+    assert "celebdf/Celeb-real/id0_0000.M4V" in remote.column(VIDEO_ID).to_pylist()
     assert remote.drop_columns([URI]).equals(expected.drop_columns([URI]))
     prefix = str(local) + os.sep
     assert remote.column(URI).to_pylist() == [
-        "s3://bucket/celeb/" + uri.removeprefix(prefix) for uri in expected.column(URI).to_pylist()
+        f"s3://{bucket}/celeb/" + uri.removeprefix(prefix) for uri in expected.column(URI).to_pylist()
     ]
+    assert skip_report(remote).counts == skip_report(expected).counts == {
+        SkipReason.HIDDEN: 1,
+        SkipReason.APPLEDOUBLE: 1,
+        SkipReason.OUTSIDE_LAYOUT: 1,
+    }
+    assert skip_report(remote).examples[SkipReason.APPLEDOUBLE] == (f"s3://{bucket}/celeb/Celeb-real/._id1_0000.mp4",)
 
-    write_manifest(remote, "s3://bucket/manifests/celeb.parquet")
-    assert read_manifest("s3://bucket/manifests/celeb.parquet").equals(remote)
+    write_manifest(remote, f"s3://{bucket}/manifests/celeb.parquet")
+    assert read_manifest(f"s3://{bucket}/manifests/celeb.parquet").equals(remote)
 
+
+@pytest.mark.integration
+def test_folders_on_s3_same_stems_and_extensions(s3, tmp_path: Path) -> None:
+    local = make_folders(tmp_path / "gen")
+    _touch(local, "real/clip.mp4", "real/clip.mov", "fake/0005_x.WEBM", "fake/0005_x.txt")
+    bucket = s3.make_bucket("folders")
+    _upload(s3, local, bucket, "gen")
+    remote = build_manifest(f"s3://{bucket}/gen")
+    expected = build_manifest(str(local))
+    assert remote.drop_columns([URI]).equals(expected.drop_columns([URI]))
+    assert {"folders/real/clip.mov", "folders/real/clip.mp4", "folders/fake/0005_x"} <= set(remote.column(VIDEO_ID).to_pylist())
+    assert skip_report(remote).counts == {SkipReason.NOT_VIDEO: 1}
