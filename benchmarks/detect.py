@@ -1,11 +1,11 @@
 """``detect``: ``raydf detect`` on a 10 s 640x480 clip against the sum of its stages run alone.
 
 The clip is generated (250 frames at 25 fps, a real face). The model is a fusion
-classifier bundle with a seeded random init saved by :class:`raydf.predict.ModelBundle`
+classifier bundle with a seeded random init saved by :class:`raydf.bundle.ModelBundle`
 exactly as ``raydf train`` saves one (its weights do not change the timing). Each rep runs,
 in one process with every core, interleaved:
 
-* ``raydf.predict.detect(clip, model=bundle)``: load the bundle and the extractors,
+* ``raydf.detect.detect(clip, model=bundle)``: load the bundle and the extractors,
   decode and sample, crop faces, compute features, classify;
 * the same stages alone: ``ModelBundle.load`` + ``.model()``, ``FeatureStage`` (extractor
   models), ``read_video``, ``FaceCropper``, ``FeatureExtractor``, the fusion forward.
@@ -46,18 +46,19 @@ def make_bundle(work: Path, cfg) -> Path:  # noqa: ANN001 - ExtractConfig
     """A model bundle for ``cfg``'s features: fusion classifier with a seeded random init."""
     import torch
 
+    from raydf.bundle import ModelBundle
     from raydf.config import FusionConfig
-    from raydf.extract import expected_provenance, feature_config
+    from raydf.extract import store_config
+    from raydf.features import resolve_precision
     from raydf.models.fusion import FusionClassifier
-    from raydf.predict import ModelBundle
+    from raydf.video import decoder_identity
 
     torch.manual_seed(0)
     fusion = FusionConfig()
     bundle = ModelBundle(
         state_dict=FusionClassifier(fusion).state_dict(),
         fusion_config=fusion,
-        extract={"feature_config": feature_config(cfg), "provenance": expected_provenance(cfg)},
-        train={"note": "benchmark bundle: seeded random init"},
+        store=store_config(cfg, precision=resolve_precision(cfg, "cpu"), decoder=decoder_identity(cfg.video.backend)),
     )
     return bundle.save(work / "bench_model.pt")
 
@@ -68,8 +69,8 @@ def stages_alone(bundle_path: Path, clip: Path) -> dict[str, float]:
 
     from raydf import schema as S
     from raydf.extract import FeatureStage, expected_provenance
+    from raydf.bundle import ModelBundle
     from raydf.faces import FaceCropper
-    from raydf.predict import ModelBundle
     from raydf.video import read_video
 
     out: dict[str, float] = {}
@@ -97,7 +98,7 @@ def stages_alone(bundle_path: Path, clip: Path) -> dict[str, float]:
 
 def run(*, quick: bool, workdir: str) -> SuiteResult:
     from raydf.config import ExtractConfig, StyleConfig, VideoConfig
-    from raydf.predict import detect
+    from raydf.detect import detect
 
     result = SuiteResult("detect")
     work = Path(workdir) / "detect"
@@ -127,7 +128,7 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
         {"stage": k, "wall s": round(median([p[k] for p in per_stage]), 3)} for k in per_stage[0]
     ] + [
         {"stage": "sum of stages", "wall s": round(median(sums), 3)},
-        {"stage": "raydf.predict.detect (in process)", "wall s": round(median(walls), 3)},
+        {"stage": "raydf.detect.detect (in process)", "wall s": round(median(walls), 3)},
     ]
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "raydf.cli", "detect", str(clip), "--model", str(bundle), "--json"],
@@ -139,8 +140,8 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
         {"stage": "`raydf detect` console script (fresh interpreter, imports included)", "wall s": round(cli_wall, 3)}
     )
     result.ratio("detect / sum of its stages alone", median(ratios), 1.2, "<=",
-                 f"{median(walls):.2f} s vs {median(sums):.2f} s, {style}, T=32, fake p={out['fake_probability']:.3f}")  # fmt: skip
-    result.config["timing_s_reported_by_detect"] = {k: round(float(v), 3) for k, v in out["timing_s"].items()}
+                 f"{median(walls):.2f} s vs {median(sums):.2f} s, {style}, T=32, fake p={out.fake_probability:.3f}")  # fmt: skip
+    result.config["timing_s_reported_by_detect"] = {k: round(float(v), 3) for k, v in out.timings.items()}
     result.notes.append(
         "The classifier is a seeded random init (timing only). The console-script time adds the interpreter and the "
         "torch/raydf imports, which a long-lived service would pay once."

@@ -33,7 +33,7 @@ T_FRAMES, K_CLIPS = 32, 2
 METRICS_FILE = "ingest_metrics.json"
 
 
-def make_features(out: Path, rows: int, files: int, seed: int = 0) -> list[str]:
+def make_features(out: Path, rows: int, files: int, seed: int = 0) -> list[tuple[str, int]]:
     """A feature Parquet store of ``rows`` random videos in ``files`` parts (the extraction's schema)."""
     import pyarrow.parquet as pq
 
@@ -47,9 +47,9 @@ def make_features(out: Path, rows: int, files: int, seed: int = 0) -> list[str]:
         batch = []
         for i in range(f * per, min(rows, (f + 1) * per)):
             vid = f"v{i:05d}"
-            ids.append(vid)
+            ids.append((vid, 0))
             batch.append({
-                S.VIDEO_ID: vid, S.URI: f"/bench/{vid}.mp4", S.LABEL: i % 2, S.DATASET: "bench", S.SPLIT: "train",
+                S.VIDEO_ID: vid, S.TRACK_ID: 0, S.URI: f"/bench/{vid}.mp4", S.LABEL: i % 2, S.DATASET: "bench", S.SPLIT: "train",
                 S.SOURCE_ID: vid, S.METHOD: "", S.COMPRESSION: "", S.META: "{}", S.STATUS: S.STATUS_OK,
                 S.N_FRAMES: T_FRAMES, S.FRAME_INDICES: np.arange(T_FRAMES, dtype=np.int32),
                 S.FACE_VALID: rng.random(T_FRAMES) > 0.1,
@@ -114,6 +114,7 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
     from ray.train.torch import TorchTrainer
 
     from raydf.config import TrainConfig
+    from raydf.splits import SplitPlan
     from raydf.train import training_datasets
 
     result = SuiteResult("ingest")
@@ -126,7 +127,8 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
             _loop,
             train_loop_config={"features": str(work / "features"), "batch_size": batch, "epochs": epochs},
             scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
-            datasets={"train": training_datasets(str(work / "features"), {"train": ids, "val": []}, TrainConfig())["train"]},
+            datasets={"train": training_datasets(str(work / "features"), SplitPlan({"train": ids, "val": [], "test": []}, {}, {}, ()),
+                                                 TrainConfig())["train"]},
             run_config=RunConfig(name="ingest", storage_path=str(work / "ray_results")),
         )
         fitted = trainer.fit()

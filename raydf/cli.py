@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from raydf.schema import LAYOUT_NAMES
+
 log = logging.getLogger("raydf")
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -39,7 +41,7 @@ def _pair(text: str) -> tuple[int, int]:
 def add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="dataset root (local dir or s3://...) or a manifest .parquet/.csv")
     p.add_argument("--output", required=True, help="feature Parquet directory (local or s3://...); reruns resume")
-    p.add_argument("--layout", choices=["auto", "folders", "ffpp", "celebdf", "dfdc"], default=None)
+    p.add_argument("--layout", choices=["auto", *LAYOUT_NAMES], default=None)
     p.add_argument("--config", help="ExtractConfig YAML (flags below override it)")
     p.add_argument("--frames", type=int, default=None, help="T frames per video (report: 32 FF++, 64 Celeb-DF)")
     p.add_argument("--style-weights", default=None, help="psp_ffhq_encode.pt path/URI (default: seeded random init)")
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-weights", default=None)
     p.add_argument("--content-weights", default=None)
     p.add_argument("--tracking-uri", default=None)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (schema: raydf.detect)")
+    p.add_argument("--explain", action="store_true", help="add where/when explanations (slower)")
 
     for extra in _EXTRA_PARSERS:
         extra(sub)
@@ -210,37 +213,45 @@ def _train(args: argparse.Namespace) -> int:
 
 @_handler("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
+    from raydf.bundle import resolve_model
     from raydf.evaluate import classification_report_table, overall_table
-    from raydf.predict import evaluate_datasets, resolve_model
+    from raydf.protocol import evaluate_datasets
 
     bundle, source = resolve_model(args.model, args.tracking_uri)
     results = evaluate_datasets(bundle, _named(args.features))
     if args.json:
-        print(dumps({name: m for name, (m, _) in results.items()}))
+        print(dumps({name: {"protocol": e.protocol, "aggregation": e.predictions.aggregation, **e.metrics} for name, e in results.items()}))
         return 0
     print(f"model: {source}")
-    for name, (m, pred) in results.items():
-        print(f"\n## {name} ({m['n']} videos: {m['n_real']} real, {m['n_fake']} fake)\n")
+    if bundle.warning:
+        print(f"warning: {bundle.warning}")
+    for name, e in results.items():
+        m = e.metrics
+        print(f"\n## {name}: {e.protocol} ({m['n']} videos: {m['n_real']} real, {m['n_fake']} fake; "
+              f"video score = {e.predictions.aggregation} over face tracks)\n")
         print(overall_table(m))
         print()
-        print(classification_report_table(pred.labels, pred.probs, threshold=bundle.threshold))
+        print(classification_report_table(e.predictions.labels, e.predictions.probs, threshold=bundle.threshold))
     return 0
 
 
 @_handler("detect")
 def _detect(args: argparse.Namespace) -> int:
-    from raydf.predict import detect
+    from raydf.detect import detect
 
     out = detect(args.video, model=args.model, tracking_uri=args.tracking_uri,
-                 style_weights=args.style_weights, content_weights=args.content_weights)
+                 style_weights=args.style_weights, content_weights=args.content_weights, explain=args.explain)
     if args.json:
-        print(dumps(out))
-    else:
-        print(f"{out['video']}: {out['label'].upper()}  P(fake) = {out['fake_probability']:.4f}  "
-              f"(valid faces {out['valid_face_fraction']:.0%}, {out['timing_s']['total']:.2f}s)")
-        print(f"model: {out['model']}")
-        if out["low_face_warning"]:
-            print("warning: few frames with a detected face; the score is less reliable")
+        print(dumps(out.to_dict()))
+        if out.model.warning:
+            print(f"warning: {out.model.warning}", file=sys.stderr)
+        return 0
+    print(out.summary())
+    for face in out.faces[1:] if len(out.faces) > 1 else []:
+        print(f"  face track {face.track_id}: P(fake) = {face.fake_probability:.4f}")
+    print(f"model: {out.model.source}")
+    for note in out.notes:
+        print(f"note: {note}" if note != out.model.warning else f"warning: {note}")
     return 0
 
 
@@ -291,26 +302,48 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``raydf`` console script."""
+    """Entry point of the ``raydf`` console script.
+
+    Exit codes: 0 answered; 2 usage or bad input (e.g. not a video); 3 no model; 4 the model's
+    extractors cannot be rebuilt (weights missing or different). Errors are one line on stderr.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from raydf.bundle import BundleError
     from raydf.config import ConfigError
     from raydf.datasets import ManifestError
     from raydf.models.weights import WeightsError
-    from raydf.predict import DetectError
     from raydf.store import ExtractConfigMismatch
     from raydf.video import VideoDecodeError
 
-    expected = (ConfigError, ManifestError, WeightsError, ExtractConfigMismatch, VideoDecodeError, DetectError, FileNotFoundError)
+    expected = (ConfigError, ManifestError, WeightsError, ExtractConfigMismatch, VideoDecodeError, BundleError, FileNotFoundError)
     try:
         return _HANDLERS[args.command](args)
     except expected as exc:
         print(f"raydf {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _exit_code(exc)
+    except Exception as exc:
+        from raydf.extract import ExtractError
+
+        if isinstance(exc, ExtractError):
+            print(f"raydf {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _exit_code(exc: BaseException) -> int:
+    from raydf.bundle import ExtractorMismatch, NoModelError
+    from raydf.models.weights import WeightsError
+
+    if isinstance(exc, NoModelError):
+        return 3
+    if isinstance(exc, (ExtractorMismatch, WeightsError)):
+        return 4
+    return 2
 
 
 def dumps(obj: Any) -> str:

@@ -18,18 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from raydf import schema as S
 from raydf import tracking
 
 __all__ = ["BestRun", "Comparison", "best_runs", "compare_table", "compare_url", "run_compare"]
 
 # Rows of the side-by-side table: (label, test metric, validation fallback).
+TEST_AUC = S.eval_metric(S.TEST, S.ROC_AUC)  # test_roc_auc
 ROWS = (
-    ("accuracy", "test_accuracy", "val_acc"),
-    ("F1", "test_f1", None),
-    ("ROC-AUC", "test_roc_auc", "val_auc"),
-    ("EER", "test_eer", None),
-    ("log-loss", "test_log_loss", None),
-    ("n", "test_n", None),
+    ("accuracy", S.eval_metric(S.TEST, S.ACCURACY), S.VAL_ACC),
+    ("F1", S.eval_metric(S.TEST, S.F1), None),
+    ("ROC-AUC", TEST_AUC, S.VAL_AUC),
+    ("EER", S.eval_metric(S.TEST, S.EER), None),
+    ("log-loss", S.eval_metric(S.TEST, S.LOG_LOSS), None),
+    ("n", S.eval_metric(S.TEST, "n"), None),
 )
 TRAIN_STAGE = "train"  # raydf.stage of training runs; sweep parents ("tune") repeat their best child
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
@@ -73,10 +75,10 @@ def _finite(v: Any) -> bool:
 
 def _rank(run) -> tuple[int, float, int]:  # noqa: ANN001 - mlflow Run
     m = run.data.metrics
-    if _finite(m.get("test_roc_auc")):
-        return (1, float(m["test_roc_auc"]), run.info.start_time or 0)
-    if _finite(m.get("val_auc")):
-        return (0, float(m["val_auc"]), run.info.start_time or 0)
+    if _finite(m.get(TEST_AUC)):
+        return (1, float(m[TEST_AUC]), run.info.start_time or 0)
+    if _finite(m.get(S.VAL_AUC)):
+        return (0, float(m[S.VAL_AUC]), run.info.start_time or 0)
     return (-1, -math.inf, run.info.start_time or 0)
 
 
@@ -130,7 +132,7 @@ def best_runs(
                 run_id=run.info.run_id,
                 run_name=run.info.run_name or run.info.run_id[:8],
                 experiment_id=run.info.experiment_id,
-                ranked_by="test_roc_auc" if _rank(run)[0] == 1 else "val_auc",
+                ranked_by=TEST_AUC if _rank(run)[0] == 1 else S.VAL_AUC,
                 metrics=dict(run.data.metrics),
                 tags=dict(run.data.tags),
             )

@@ -9,6 +9,7 @@ mutated; derive a variant with :func:`dataclasses.replace`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,15 +18,24 @@ from typing import Any, TypeVar
 
 import yaml
 
+from raydf.schema import FFPP_METHODS, LAYOUT_NAMES
+
 __all__ = [
     "ConfigError",
     "VideoConfig",
     "FaceConfig",
     "ContentConfig",
     "StyleConfig",
+    "SelfBlendConfig",
     "ExtractConfig",
     "FusionConfig",
     "TrainConfig",
+    "Provenance",
+    "WeightsOrigin",
+    "parse_provenance",
+    "FeatureConfig",
+    "StoreConfig",
+    "PRECISIONS",
     "load_config",
     "to_dict",
 ]
@@ -35,6 +45,11 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # feature precisions a store or bundle can record
+CPU_PRECISIONS = ("fp32", "bf16", "auto")
+PSEUDO_FAKES = ("", "self-blend")  # ExtractConfig.pseudo_fakes
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,102 @@ class StyleConfig:
         _check(0 <= self.level < 18, f"style level must be in [0, 18), got {self.level}")
 
 
+# Drifting per-frame parameters: (name in the JSON parameters, config field holding its range).
+SELF_BLEND_RANGES: tuple[tuple[str, str], ...] = (
+    ("brightness", "brightness"),
+    ("contrast", "contrast"),
+    ("saturation", "saturation"),
+    ("rgb_shift", "rgb_shift"),
+    ("sharpness", "sharpness"),
+    ("scale", "scale"),
+    ("translate_x", "translate_x"),
+    ("translate_y", "translate_y"),
+    ("alpha", "alpha"),
+    ("mask_axis_x", "mask_axis_x"),
+    ("mask_axis_y", "mask_axis_y"),
+    ("mask_offset_y", "mask_offset_y"),
+    ("mask_softness", "mask_softness"),
+)
+
+
+@dataclass(frozen=True)
+class SelfBlendConfig:
+    """Ranges and constants of the self-blend generator.
+
+    Every ``(low, high)`` range bounds a parameter that drifts over the frames of a video
+    (see the module docstring); SBI's own ranges are quoted for reference and narrowed so
+    that the fake stays subtle. Fractions of the box are of the face box's width ``w`` /
+    height ``h`` (MTCNN box, full-resolution pixels).
+    """
+
+    # --- source: colour (SBI: RGBShift +-20, HueSaturationValue +-0.3, RandomBrightnessContrast +-0.1)
+    brightness: tuple[float, float] = (-8.0, 8.0)  # grey levels added to every channel
+    contrast: tuple[float, float] = (0.9, 1.1)  # gain about the face's per-channel mean
+    saturation: tuple[float, float] = (0.9, 1.1)  # gain of each pixel's distance from its grey
+    rgb_shift: tuple[float, float] = (-8.0, 8.0)  # grey levels, drawn and drifting per channel
+    # --- source: frequency (SBI: Downscale 0.25-0.5 or Sharpen alpha 0.2-0.5)
+    sharpness: tuple[float, float] = (-0.8, 0.8)  # unsharp amount: -1 = fully blurred, > 0 sharpened
+    sharpen_sigma: float = 0.006  # Gaussian sigma of that blur, fraction of the box's long side
+    # (about 1.3 px of the 256-px crop that faces.py cuts from 1.2x the long side)
+    # --- source: geometry (SBI: scale 0.95..1/0.95, translate x +-3 %, y +-1.5 % of the crop)
+    scale: tuple[float, float] = (0.95, 1 / 0.95)  # source scale about the box centre (SBI's)
+    translate_x: tuple[float, float] = (-0.03, 0.03)  # source shift, fraction of w (SBI's)
+    translate_y: tuple[float, float] = (-0.015, 0.015)  # source shift, fraction of h (SBI's)
+    # --- mask (SBI: landmark convex hull, elastic deformation, two Gaussian blurs, ratio {.25,.5,.75,1})
+    alpha: tuple[float, float] = (0.5, 1.0)  # blend ratio, the mask's peak value
+    mask_axis_x: tuple[float, float] = (0.36, 0.44)  # ellipse semi-axis, fraction of w
+    mask_axis_y: tuple[float, float] = (0.36, 0.42)  # ellipse semi-axis, fraction of h
+    mask_offset_y: tuple[float, float] = (0.0, 0.03)  # ellipse centre below the box centre, fraction of h
+    # (an MTCNN box includes the forehead; the landmark hull SBI uses sits lower)
+    mask_softness: tuple[float, float] = (0.015, 0.035)  # mask blur sigma, fraction of min(w, h)
+    mask_harmonics: tuple[int, ...] = (2, 3, 4)  # radial harmonics deforming the ellipse (per video)
+    mask_deform: float = 0.06  # bound of the summed harmonics, relative radius
+    # --- drift over the sampled frames
+    drift_amplitude: float = 0.25  # d: each parameter wanders c +- d of its range, c in [d, 1 - d]
+    drift_period: tuple[float, float] = (16.0, 64.0)  # sampled frames per cycle of each sinusoid
+    # --- where the edit may go
+    margin: float = 0.2  # FaceConfig.margin: edits stay in the box grown by margin/2 x long side per side
+    min_face_px: float = 8.0  # a box narrower or lower than this is no face: frame left unchanged
+
+    def __post_init__(self) -> None:
+        for name, _ in SELF_BLEND_RANGES:
+            lo, hi = getattr(self, name)
+            _check(lo <= hi, f"{name} must be (low, high) with low <= high, got {(lo, hi)}")
+        _check(self.contrast[0] > 0 and self.saturation[0] >= 0, "contrast must be > 0 and saturation >= 0")
+        _check(self.sharpness[0] >= -1.0, f"sharpness must be >= -1 (fully blurred), got {self.sharpness}")
+        _check(self.sharpen_sigma > 0, f"sharpen_sigma must be > 0, got {self.sharpen_sigma}")
+        _check(self.scale[0] > 0, f"scale must be positive, got {self.scale}")
+        _check(0.0 <= self.alpha[0] and self.alpha[1] <= 1.0, f"alpha must lie in [0, 1], got {self.alpha}")
+        _check(self.mask_axis_x[0] > 0 and self.mask_axis_y[0] > 0, "mask axes must be positive")
+        _check(self.mask_softness[0] > 0, f"mask_softness must be positive, got {self.mask_softness}")
+        _check(all(k >= 1 for k in self.mask_harmonics), f"mask_harmonics must be >= 1, got {self.mask_harmonics}")
+        _check(0.0 <= self.mask_deform < 0.5, f"mask_deform must be in [0, 0.5), got {self.mask_deform}")
+        _check(0.0 <= self.drift_amplitude <= 0.5, f"drift_amplitude must be in [0, 0.5], got {self.drift_amplitude}")
+        lo, hi = self.drift_period
+        _check(0 < lo <= hi, f"drift_period must be 0 < low <= high, got {self.drift_period}")
+        _check(0.0 <= self.margin <= 2.0, f"margin must be in [0, 2], got {self.margin}")
+        _check(self.min_face_px >= 1.0, f"min_face_px must be >= 1, got {self.min_face_px}")
+        # The blurred mask must fade out (3 sigma) before the edge of the allowed region.
+        room = 0.5 + self.margin / 2
+        reach_x = self.mask_axis_x[1] * (1 + self.mask_deform) + 3 * self.mask_softness[1]
+        drop = max(map(abs, self.mask_offset_y))
+        reach_y = self.mask_axis_y[1] * (1 + self.mask_deform) + drop + 3 * self.mask_softness[1]
+        _check(
+            max(reach_x, reach_y) <= room,
+            f"the mask reaches {max(reach_x, reach_y):.3f} of the box from its centre, beyond the "
+            f"{room:.3f} that margin={self.margin} allows; shrink mask_axis_*, mask_offset_y or mask_softness",
+        )
+
+    def max_step(self) -> float:
+        """Bound of any parameter's change between consecutive frames, as a fraction of its range.
+
+        ``|u(t+1) - u(t)| <= d * (2 pi f1 + 2 pi f2) / 2 <= 2 pi d / min(drift_period)``
+        (the mean-value theorem on each sinusoid).
+        """
+        return 2.0 * math.pi * self.drift_amplitude / self.drift_period[0]
+
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """The Ray Data extraction job."""
@@ -111,9 +222,7 @@ class ExtractConfig:
     style: StyleConfig = field(default_factory=StyleConfig)
     layout: str = "auto"  # folders | ffpp | celebdf | dfdc | auto
     ffpp_compression: str = "c23"  # FF++ quality: raw | c23 | c40
-    ffpp_methods: tuple[str, ...] = (
-        "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection",
-    )  # FF++ manipulation methods to include
+    ffpp_methods: tuple[str, ...] = FFPP_METHODS  # FF++ manipulation methods to include
     crop_actors: tuple[int, int] = (1, 1)  # (min, max) CPU face-crop actors
     feature_actors: tuple[int, int] = (1, 1)  # (min, max) feature actors
     cpus_per_crop_actor: float = 1.0
@@ -123,22 +232,33 @@ class ExtractConfig:
     feature_resources: dict[str, float] = field(default_factory=dict)
     feature_batch_size: int = 2  # videos per feature-actor batch
     half_precision: bool = True  # fp16 on CUDA (V100 has no bf16); ignored on CPU
-    # CPU feature precision: "fp32", or "bf16" on CPUs with native bf16 (avx512_bf16 / AMX): measured
-    # 2x faster (benchmarks/RESULTS.md), features within the tolerance tested in tests/test_benchmarks.py
+    # CPU feature precision: "fp32" (default: the same features on every machine), "bf16" (2x faster
+    # where the CPU has native bf16, avx512_bf16 / AMX; 7-68x SLOWER where it is emulated, AVX2 only:
+    # benchmarks/RESULTS.md), or "auto" (bf16 only where native, resolved once by the driver).
     cpu_precision: str = "fp32"
     rows_per_file: int = 64  # videos per Parquet part file
+    # Pseudo-fakes (issue: generalisation): "self-blend" writes, for each real video, a paired
+    # self-blended pseudo-fake row (raydf.pseudofake; Shiohara & Yamasaki, SBI, CVPR 2022).
+    pseudo_fakes: str = ""
+    self_blend: SelfBlendConfig = field(default_factory=SelfBlendConfig)
+    pseudo_seed: int = 0  # seed of the pseudo-fakes (with the video id: raydf.pseudofake.blend_seed)
+    # A video whose processing kills its actor this many times becomes an error row (quarantined)
+    # instead of being retried forever (a decoder segfault, the OOM killer).
+    max_crashes: int = 2
     feature_threads: int = 0  # torch threads per feature actor; 0 = every core of the node (Ray
     # would pin it to int(num_cpus)); the feature stage dominates, so it takes the idle cores
     crop_threads: int = 1  # torch threads per crop actor (MTCNN)
 
     def __post_init__(self) -> None:
-        _check(self.layout in ("auto", "folders", "ffpp", "celebdf", "dfdc"), f"unknown layout {self.layout!r}")
+        _check(self.layout in ("auto", *LAYOUT_NAMES), f"unknown layout {self.layout!r}; known: auto, {', '.join(LAYOUT_NAMES)}")
         for name in ("crop_actors", "feature_actors"):
             lo, hi = getattr(self, name)
             _check(1 <= lo <= hi, f"{name} must be (min, max) with 1 <= min <= max, got {(lo, hi)}")
         _check(self.feature_batch_size >= 1, "feature_batch_size must be >= 1")
-        _check(self.cpu_precision in ("fp32", "bf16"), f"cpu_precision must be fp32 or bf16, got {self.cpu_precision!r}")
+        _check(self.cpu_precision in CPU_PRECISIONS, f"cpu_precision must be one of {CPU_PRECISIONS}, got {self.cpu_precision!r}")
         _check(self.rows_per_file >= 1, "rows_per_file must be >= 1")
+        _check(self.pseudo_fakes in PSEUDO_FAKES, f"pseudo_fakes must be one of {PSEUDO_FAKES}, got {self.pseudo_fakes!r}")
+        _check(self.max_crashes >= 1, "max_crashes must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -189,6 +309,11 @@ class TrainConfig:
     cache_features: bool = True
     max_failures: int = 2
     methods: tuple[str, ...] = ()  # train on fakes of these manipulation methods only (empty = all)
+    # The fakes training sees: "dataset" (the store's own fakes, as the report), "pseudo" (self-blended
+    # pseudo-fakes of the real videos only; SBI, CVPR 2022), or "both". Validation and test use the
+    # dataset's fakes where there are any.
+    fakes: str = "dataset"
+    aggregation: str = "max"  # a video's score from its face tracks: "max" (DFDC's rule) or "mean"
     val_fraction: float = 0.2  # used only when the manifest has no val split
     test_fraction: float = 0.2  # used only when the manifest has no test split
 
@@ -197,6 +322,8 @@ class TrainConfig:
         _check(self.t_0 >= 1 and self.t_mult >= 1, "t_0 and t_mult must be >= 1")
         _check(0.0 <= self.mixup_prob <= 1.0 and self.mixup_alpha >= 0.0, "mixup_prob in [0,1], mixup_alpha >= 0")
         _check(self.num_workers >= 1, "num_workers must be >= 1")
+        _check(self.fakes in ("dataset", "pseudo", "both"), f"fakes must be dataset, pseudo or both, got {self.fakes!r}")
+        _check(self.aggregation in ("max", "mean"), f"aggregation must be max or mean, got {self.aggregation!r}")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -293,3 +420,132 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return v
 
     return plain(dataclasses.asdict(cfg))
+
+
+# ---- the store's identity: what extraction writes and training, detect and serve read ---------------
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """One extractor's provenance string, parsed: ``sha256:<hex>`` or ``random:<seed>:<config>``."""
+
+    kind: str  # "sha256" | "random"
+    seed: int | None = None  # random init only
+    config: str | None = None  # random init only
+    digest: str | None = None  # sha256 only
+
+
+def parse_provenance(provenance: str) -> WeightsOrigin:
+    """The one parser of provenance strings (``sha256:<hex>`` | ``random:<seed>:<config>``).
+
+    Raises:
+        ConfigError: any other form.
+    """
+    kind, _, rest = str(provenance).partition(":")
+    if kind == "sha256" and rest:
+        return WeightsOrigin(kind, digest=rest)
+    if kind == "random":
+        seed, _, config = rest.partition(":")
+        try:
+            return WeightsOrigin(kind, seed=int(seed), config=config)
+        except ValueError:
+            pass
+    raise ConfigError(f"unknown weights provenance {provenance!r} (expected sha256:<hex> or random:<seed>:<config>)")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the weights of both extractors came from."""
+
+    content: str  # sha256:<hex> of the weights file, or random:<seed>:<config>
+    style: str
+
+    def __post_init__(self) -> None:
+        parse_provenance(self.content)
+        parse_provenance(self.style)
+
+    @property
+    def pretrained(self) -> bool:
+        """Both extractors have real (hashed) weights."""
+        return parse_provenance(self.content).kind == "sha256" and parse_provenance(self.style).kind == "sha256"
+
+    def random_parts(self) -> tuple[str, ...]:
+        """Names of the extractors that are a seeded random init."""
+        return tuple(w for w in ("content", "style") if parse_provenance(getattr(self, w)).kind == "random")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"content": self.content, "style": self.style}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, str]) -> Provenance:
+        return cls(content=d["content"], style=d["style"])
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that changes the numbers of extracted features (the feature identity).
+
+    Weight files enter through :class:`Provenance` (their sha256), not their paths; actor
+    counts and resources do not enter at all. Two runs may write into one store only when
+    their feature configs and provenance are equal.
+    """
+
+    num_frames: int  # T
+    faces: FaceConfig
+    content: ContentConfig  # weights=None; a seed only matters for a random init
+    style: StyleConfig
+    precision: str  # "fp32" | "bf16" | "fp16", as resolved for the feature actors
+    decoder: str  # the video decoders that may produce the pixels (library versions)
+    pseudo_fakes: str = ""  # "" or "self-blend"
+    self_blend: SelfBlendConfig | None = None  # the self-blend parameters and seed, when on
+    pseudo_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def clip_len(self) -> int:
+        return self.content.clip_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        return load_config(cls, d)
+
+
+STORE_SCHEMA = "raydf.features/2"  # version of the store config below
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """What a feature store records once (``_raydf_extract.json``) and a model bundle carries."""
+
+    features: FeatureConfig
+    provenance: Provenance
+    schema: str = STORE_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "feature_config": self.features.to_dict(), "provenance": self.provenance.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoreConfig:
+        """Raises ConfigError for a store written by another raydf version or not by raydf."""
+        if not isinstance(d, dict) or d.get("schema") != STORE_SCHEMA:
+            got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise ConfigError(f"feature store config of schema {got!r}; this raydf reads {STORE_SCHEMA!r} (re-extract)")
+        return cls(features=FeatureConfig.from_dict(d["feature_config"]), provenance=Provenance.from_dict(d["provenance"]))
+
+    def diff(self, other: StoreConfig) -> list[str]:
+        """``key: stored X, now Y`` for every leaf that differs (``self`` is the stored one)."""
+        return _diff(self.to_dict(), other.to_dict())
+
+
+def _diff(have: Any, want: Any, prefix: str = "") -> list[str]:
+    if isinstance(have, dict) and isinstance(want, dict):
+        out: list[str] = []
+        for k in sorted(set(have) | set(want)):
+            out += _diff(have.get(k), want.get(k), f"{prefix}{k}.")
+        return out
+    if have != want:
+        return [f"{prefix.rstrip('.')}: stored {have!r}, now {want!r}"]
+    return []

@@ -30,6 +30,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
 from sklearn.neighbors import KNeighborsRegressor
 
+from raydf.schema import EPOCH, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,13 +55,8 @@ __all__ = [
     "save_figure",
 ]
 
-# Keys of one epoch's entry in the training history that the plots read.
-EPOCH = "epoch"
-TRAIN_LOSS = "train_loss"
-VAL_LOSS = "val_loss"
-TRAIN_ACC = "train_acc"
-VAL_ACC = "val_acc"
-LR = "lr"
+# EPOCH, TRAIN_LOSS, ...: keys of one epoch's entry in the training history that the plots read
+# (the metric names of raydf.schema, re-exported).
 
 CLASS_NAMES = ("Real", "Fake")  # index = label (schema.REAL, schema.FAKE)
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:red"  # report, Figures 2-3: training blue, validation red

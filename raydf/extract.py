@@ -26,8 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raydf import schema as S
-from raydf.config import ExtractConfig, to_dict
+from raydf.config import ExtractConfig, FeatureConfig, Provenance, StoreConfig, to_dict
 from raydf.faces import FaceCropper
+from raydf.faults import FaultPlan
+from raydf.tracking import redact_uri
 from raydf.video import VideoDecodeError, read_video
 
 log = logging.getLogger(__name__)
@@ -36,40 +38,63 @@ __all__ = [
     "CropStage",
     "FeatureStage",
     "ExtractSummary",
-    "feature_config",
+    "store_config",
     "expected_provenance",
     "extract_one",
+    "crop_one",
+    "features_one",
+    "ExtractError",
     "run_extraction",
 ]
 
 CROPS = "crops"  # uint8 bytes of (T, S, S, 3) between the stages; empty for error rows
+# What the crop stage gets: a manifest row plus the source identity of its file (raydf.sources).
+INPUT_SCHEMA = pa.schema(
+    list(S.MANIFEST_SCHEMA) + [(c, S.FEATURE_SCHEMA.field(c).type) for c in S.SOURCE_COLUMNS]
+)
 _CROP_FIELDS = [
+    (S.TRACK_ID, pa.int32()),
+    (S.TRACK_SCORE, pa.float32()),
     (S.N_FRAMES, pa.int64()),
     (S.NUM_SAMPLED, pa.int32()),
     (S.FRAME_INDICES, pa.list_(pa.int32())),
+    (S.FRAME_TIMES, pa.list_(pa.float32())),
     (S.FACE_VALID, pa.list_(pa.bool_())),
     (S.FACE_BOXES, pa.list_(pa.float32())),  # flattened (T*4,) between stages
     (S.FACE_PROBS, pa.list_(pa.float32())),
     (CROPS, pa.large_binary()),
     (S.STATUS, pa.string()),
     (S.ERROR, pa.string()),
+    (S.NOTE, pa.string()),
     (S.T_READ, pa.float32()),
     (S.T_DECODE, pa.float32()),
     (S.T_FACES, pa.float32()),
 ]
-CROP_SCHEMA = pa.schema(list(S.MANIFEST_SCHEMA) + _CROP_FIELDS)
+CROP_SCHEMA = pa.schema(list(INPUT_SCHEMA) + _CROP_FIELDS)
+_ERROR_KIND = "_error_kind"  # in-process only: "read" | "decode" | "faces" | "features" | "quarantine"
 
 
-def feature_config(cfg: ExtractConfig) -> dict[str, Any]:
-    """The parts of the config that change features (not actor counts or resources, nor weight paths)."""
-    d = to_dict(cfg)
-    content = {k: v for k, v in d["content"].items() if k != "weights"}
-    style = {k: v for k, v in d["style"].items() if k != "weights"}
-    if cfg.content.weights:
-        content.pop("seed")
-    if cfg.style.weights:
-        style.pop("seed")
-    return {"video": {"num_frames": cfg.video.num_frames}, "faces": d["faces"], "content": content, "style": style}
+def store_config(cfg: ExtractConfig, *, precision: str, decoder: str) -> StoreConfig:
+    """The feature identity of ``cfg`` (what the store records and every rerun must match).
+
+    Weight files enter through their sha256 (:func:`expected_provenance`), not their paths; a seed
+    only when it is what made the weights (random init); actor counts and resources not at all.
+    """
+    content = replace(cfg.content, weights=None, seed=cfg.content.seed if not cfg.content.weights else 0)
+    style = replace(cfg.style, weights=None, seed=cfg.style.seed if not cfg.style.weights else 0)
+    pseudo = bool(cfg.pseudo_fakes)
+    features = FeatureConfig(
+        num_frames=cfg.video.num_frames,
+        faces=cfg.faces,
+        content=content,
+        style=style,
+        precision=precision,
+        decoder=decoder,
+        pseudo_fakes=cfg.pseudo_fakes,
+        self_blend=cfg.self_blend if pseudo else None,
+        pseudo_seed=cfg.pseudo_seed if pseudo else None,
+    )
+    return StoreConfig(features=features, provenance=expected_provenance(cfg))
 
 
 def _file_sha256(uri: str) -> str:
@@ -87,13 +112,13 @@ def _file_sha256(uri: str) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def expected_provenance(cfg: ExtractConfig) -> dict[str, str]:
-    """Provenance of both extractors, known before any model is built."""
+def expected_provenance(cfg: ExtractConfig) -> Provenance:
+    """Provenance of both extractors, known before any model is built (a weights file is hashed)."""
     c, s = cfg.content, cfg.style
-    return {
-        "content": _file_sha256(c.weights) if c.weights else f"random:{c.seed}:slow_r50",
-        "style": _file_sha256(s.weights) if s.weights else f"random:{s.seed}:{s.config}",
-    }
+    return Provenance(
+        content=_file_sha256(c.weights) if c.weights else f"random:{c.seed}:slow_r50",
+        style=_file_sha256(s.weights) if s.weights else f"random:{s.seed}:{s.config}",
+    )
 
 
 def _read_bytes(uri: str) -> bytes:
@@ -120,19 +145,55 @@ def _local_path(uri: str) -> str | None:
     return None if "://" in uri else uri
 
 
-class CropStage:
-    """CPU stage: manifest rows -> sampled frames -> 256x256 face-track crops (uint8) + per-frame flags."""
+def _message(exc: BaseException) -> str:
+    """An exception as one plain line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
-    def __init__(self, cfg: ExtractConfig) -> None:
+
+def _error_row(base: dict[str, Any], kind: str, message: str) -> dict[str, Any]:
+    return {**base, S.TRACK_ID: 0, S.STATUS: S.STATUS_ERROR, S.ERROR: message, S.NOTE: "", CROPS: b"", _ERROR_KIND: kind}
+
+
+class CropStage:
+    """CPU stage: a manifest row -> sampled frames -> one row of 256x256 face crops (uint8) per face track.
+
+    One row per track (``track_id`` 0 = the main face, then further tracks up to
+    ``faces.max_tracks``); with ``pseudo_fakes="self-blend"`` a real video also yields its
+    self-blended pseudo-fake's row (same sampled frames, same cropper). Whatever goes wrong with
+    a video becomes one error row naming the exception: no exception leaves :meth:`crop`.
+    """
+
+    def __init__(self, cfg: ExtractConfig, *, ledger: Any = None, faults: FaultPlan | None = None) -> None:
         self.cfg = cfg
         _set_threads(cfg.crop_threads)
         self.cropper = FaceCropper(cfg.faces)  # MTCNN loaded once per actor
+        self.ledger = ledger  # CrashLedger actor handle (None outside Ray)
+        self.faults = faults or FaultPlan()
 
-    def crop(self, row: dict[str, Any], data: bytes | None = None) -> dict[str, Any]:
-        """One video: read (unless ``data`` is given), decode, sample, crop. Errors become an error row."""
-        out: dict[str, Any] = {k: row.get(k) for k in S.MANIFEST_COLUMNS}
-        t_num = self.cfg.video.num_frames
-        out.update({S.NUM_SAMPLED: t_num, S.STATUS: S.STATUS_ERROR, CROPS: b"", S.T_READ: 0.0, S.T_DECODE: 0.0, S.T_FACES: 0.0})
+    def crop(self, row: dict[str, Any], data: bytes | None = None) -> list[dict[str, Any]]:
+        """One video: read (unless ``data`` is given), decode, sample, crop every track.
+
+        Returns:
+            Crop rows (:data:`CROP_SCHEMA` fields), one per track, or one error row.
+        """
+        key = f"crop:{row[S.VIDEO_ID]}"
+        base = {k: row.get(k) for k in INPUT_SCHEMA.names}
+        base.update({S.NUM_SAMPLED: self.cfg.video.num_frames, S.T_READ: 0.0, S.T_DECODE: 0.0, S.T_FACES: 0.0})
+        if self.ledger is not None:
+            import ray
+
+            crashes = ray.get(self.ledger.begin.remote(key))
+            if crashes >= self.cfg.max_crashes:
+                self.ledger.end.remote(key)
+                log.error("quarantined %s: it killed its crop worker %d times", row[S.URI], crashes)
+                return [_error_row(base, "quarantine", f"quarantined: processing this video killed its worker {crashes} times (decoder crash or out of memory)")]
+        rows = self._crop(row, base, data)
+        if self.ledger is not None:
+            self.ledger.end.remote(key)
+        return rows
+
+    def _crop(self, row: dict[str, Any], base: dict[str, Any], data: bytes | None) -> list[dict[str, Any]]:
         uri = row[S.URI]
         local = _local_path(uri)
         t0 = time.perf_counter()
@@ -140,41 +201,85 @@ class CropStage:
             if data is None and local is None:
                 data = _read_bytes(uri)
         except Exception as exc:  # missing object, permissions, network...
-            out[S.ERROR] = f"cannot read {uri}: {type(exc).__name__}: {exc}"
-            return out
+            return [_error_row(base, "read", f"cannot read {redact_uri(uri)}: {_message(exc)}")]
         t1 = time.perf_counter()
-        out[S.T_READ] = t1 - t0
+        base[S.T_READ] = t1 - t0
+        self.faults.crop(row[S.VIDEO_ID])
         try:
+            self.faults.decode(row[S.VIDEO_ID])
             # Local files are decoded in place; object-store bytes are spilled to tmpfs for OpenCV.
-            video = read_video(data if data is not None else local, t_num, backend=self.cfg.video.backend, name=uri)
+            video = read_video(
+                data if data is not None else local,
+                self.cfg.video.num_frames,
+                backend=self.cfg.video.backend,
+                name=redact_uri(uri),
+            )
         except VideoDecodeError as exc:
-            out[S.ERROR] = str(exc)
-            out[S.T_DECODE] = time.perf_counter() - t1
-            return out
+            base[S.T_DECODE] = time.perf_counter() - t1
+            return [_error_row(base, "decode", str(exc))]
+        except Exception as exc:  # a decoder bug on an odd file: this video's row, never the job
+            base[S.T_DECODE] = time.perf_counter() - t1
+            return [_error_row(base, "decode", f"decoding {redact_uri(uri)} failed: {_message(exc)}")]
         t2 = time.perf_counter()
-        out[S.T_DECODE] = t2 - t1
+        base[S.T_DECODE] = t2 - t1
         try:
-            faces = self.cropper(video.frames)
+            tracks = self.cropper.tracks(video.frames)
         except Exception as exc:  # a detector failure on odd frames must not kill the job
-            out[S.ERROR] = f"face detection failed on {row[S.URI]}: {type(exc).__name__}: {exc}"
-            return out
-        out.update(
-            {
-                S.N_FRAMES: video.num_frames,
-                S.FRAME_INDICES: video.indices,
-                S.FACE_VALID: faces.valid,
-                S.FACE_BOXES: faces.boxes.reshape(-1),
-                S.FACE_PROBS: faces.probs,
-                CROPS: faces.crops.tobytes(),  # (T, S, S, 3) uint8
-                S.STATUS: S.STATUS_OK,
-                S.ERROR: "",
-                S.T_FACES: time.perf_counter() - t2,
-            }
-        )
-        return out
+            return [_error_row(base, "faces", f"face detection failed on {redact_uri(uri)}: {_message(exc)}")]
+        base[S.T_FACES] = time.perf_counter() - t2
+        rows = [self._track_row(base, video, t) for t in tracks]
+        if self.cfg.pseudo_fakes and row.get(S.LABEL) == S.REAL:
+            try:
+                rows += self._pseudo_fake(base, video, tracks[0])
+            except Exception as exc:  # the real rows stand; the pseudo-fake is reported missing
+                log.warning("no pseudo-fake for %s: %s", redact_uri(uri), _message(exc))
+        return rows
+
+    def _track_row(self, base: dict[str, Any], video: Any, faces: Any) -> dict[str, Any]:
+        main = faces.track_id == 0
+        return {
+            **base,
+            **({} if main else {S.T_READ: 0.0, S.T_DECODE: 0.0, S.T_FACES: 0.0}),  # a video's times sit on track 0
+            S.TRACK_ID: faces.track_id,
+            S.TRACK_SCORE: faces.score,
+            S.N_FRAMES: video.num_frames,
+            S.FRAME_INDICES: video.indices,
+            S.FRAME_TIMES: np.asarray(video.times, np.float32),
+            S.FACE_VALID: faces.valid,
+            S.FACE_BOXES: faces.boxes.reshape(-1),
+            S.FACE_PROBS: faces.probs,
+            CROPS: faces.crops.tobytes(),  # (T, S, S, 3) uint8
+            S.STATUS: S.STATUS_OK,
+            S.ERROR: "",
+            S.NOTE: faces.note,
+        }
+
+    def _pseudo_fake(self, base: dict[str, Any], video: Any, main: Any) -> list[dict[str, Any]]:
+        """The self-blended pseudo-fake of a real video: its main face blended into itself, same frames."""
+        from raydf.pseudofake import PSEUDO_METHOD, blend_seed, pseudo_video_id, self_blend
+
+        real_id = base[S.VIDEO_ID]
+        blend = self_blend(video.frames, main.boxes, valid=main.valid, seed=blend_seed(real_id, self.cfg.pseudo_seed), cfg=self.cfg.self_blend)
+        if not blend.applied.any():
+            log.info("no pseudo-fake for %s: no frame with a face to blend", real_id)
+            return []
+        t0 = time.perf_counter()
+        faces = self.cropper.tracks(blend.frames)[0]
+        pseudo = {
+            **base,
+            S.VIDEO_ID: pseudo_video_id(real_id),
+            S.LABEL: S.FAKE,
+            S.METHOD: PSEUDO_METHOD,
+            S.SOURCE_ID: real_id,
+            S.META: json.dumps({"self_blend": blend.params, "real": real_id}, sort_keys=True),
+            S.T_READ: 0.0,
+            S.T_DECODE: 0.0,
+            S.T_FACES: time.perf_counter() - t0,
+        }
+        return [self._track_row(pseudo, video, faces)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [self.crop(r) for r in batch.to_pylist()]
+        rows = [r for row in batch.to_pylist() for r in self.crop(row)]
         return _crop_table(rows)
 
 
@@ -189,58 +294,120 @@ def _crop_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 class FeatureStage:
-    """Feature stage (one GPU per actor on a cluster): crops -> content + style -> feature rows.
+    """Feature stage (one GPU per actor on a cluster): crop rows -> content + style -> feature rows.
 
-    Batches of videos go through the extractors together; a failing batch becomes error rows.
+    Batches of videos go through the extractors together. When a batch fails as a whole it is
+    retried video by video, so one bad video does not take its batch-mates with it; when a batch
+    killed its actor before, it runs video by video from the start, and a video that killed the
+    actor ``max_crashes`` times on its own becomes an error row (quarantined).
     """
 
-    def __init__(self, cfg: ExtractConfig, provenance: dict[str, str] | None = None, device: str | None = None) -> None:
-        from raydf.features import FeatureExtractor
+    def __init__(
+        self,
+        cfg: ExtractConfig,
+        provenance: Provenance | None = None,
+        device: str | None = None,
+        *,
+        precision: str | None = None,
+        ledger: Any = None,
+        faults: FaultPlan | None = None,
+    ) -> None:
+        from raydf.features import FeatureExtractor, resolve_precision
 
         self.cfg = cfg
         _set_threads(cfg.feature_threads)
-        self.extractor = FeatureExtractor(
-            cfg.content, cfg.style, device=device, half=cfg.half_precision, cpu_precision=cfg.cpu_precision
-        )
-        actual = {"content": self.extractor.content_provenance, "style": self.extractor.style_provenance}
+        self.extractor = FeatureExtractor(cfg.content, cfg.style, device=device, precision=precision or resolve_precision(cfg, device))
+        actual = Provenance(content=self.extractor.content_provenance, style=self.extractor.style_provenance)
         if provenance is not None and actual != provenance:
             raise RuntimeError(f"extractor weights changed since the run started: expected {provenance}, loaded {actual}")
         self.provenance = actual
+        self.precision = self.extractor.precision
+        self.ledger = ledger
+        self.faults = faults or FaultPlan()
+
+    def _features(self, rows: list[dict[str, Any]]) -> Any:
+        size = self.cfg.faces.crop_size
+        self.faults.feature_batch(sorted({r[S.VIDEO_ID] for r in rows}))
+        crops = np.stack([np.frombuffer(r[CROPS], np.uint8).reshape(-1, size, size, 3) for r in rows])  # (B, T, S, S, 3)
+        return self.extractor(crops)
+
+    def _fill(self, out: list[dict[str, Any]], idx: list[int], feats: Any) -> None:
+        for j, i in enumerate(idx):
+            out[i][S.CONTENT] = feats.content[j]
+            out[i][S.STYLE] = feats.style[j]
+            out[i][S.T_CONTENT] = feats.t_content / len(idx)
+            out[i][S.T_STYLE] = feats.t_style / len(idx)
+
+    def _fail(self, out: list[dict[str, Any]], idx: list[int], message: str, kind: str = "features") -> None:
+        for i in idx:
+            out[i].update({S.STATUS: S.STATUS_ERROR, S.ERROR: message, _ERROR_KIND: kind})
+
+    def _one_by_one(self, out: list[dict[str, Any]], ok: list[int]) -> None:
+        by_video: dict[str, list[int]] = {}
+        for i in ok:
+            by_video.setdefault(out[i][S.VIDEO_ID], []).append(i)
+        for vid, idx in by_video.items():
+            key = f"feature:{vid}"
+            if self.ledger is not None:
+                import ray
+
+                crashes = ray.get(self.ledger.begin.remote(key))
+                if crashes >= self.cfg.max_crashes:
+                    self.ledger.end.remote(key)
+                    self._fail(out, idx, f"quarantined: computing features of this video killed its worker {crashes} times", "quarantine")
+                    continue
+            try:
+                self._fill(out, idx, self._features([out[i] for i in idx]))
+            except Exception as exc:
+                log.warning("feature extraction failed for %s: %s", vid, _message(exc))
+                self._fail(out, idx, f"feature extraction failed: {_message(exc)}")
+            if self.ledger is not None:
+                self.ledger.end.remote(key)
 
     def rows(self, crop_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        size = self.cfg.faces.crop_size
+        """Crop rows -> feature rows (:data:`raydf.schema.FEATURE_SCHEMA` fields; arrays as numpy)."""
         out = []
-        ok = [i for i, r in enumerate(crop_rows) if r[S.STATUS] == S.STATUS_OK]
-        feats = None
-        error = ""
-        if ok:
-            try:
-                crops = np.stack(
-                    [np.frombuffer(crop_rows[i][CROPS], np.uint8).reshape(-1, size, size, 3) for i in ok]
-                )  # (B, T, S, S, 3)
-                feats = self.extractor(crops)
-            except Exception as exc:
-                log.exception("feature extraction failed for a batch of %d videos", len(ok))
-                error = f"feature extraction failed: {type(exc).__name__}: {exc}"
-        pos = {i: j for j, i in enumerate(ok)}
-        for i, r in enumerate(crop_rows):
-            row = {k: v for k, v in r.items() if k != CROPS}
+        for r in crop_rows:
+            row = {k: v for k, v in r.items()}
             row[S.STYLE_LEVEL] = self.cfg.style.level
-            row[S.CONTENT_PROVENANCE] = self.provenance["content"]
-            row[S.STYLE_PROVENANCE] = self.provenance["style"]
-            if r[S.FACE_BOXES] is not None:
+            row[S.CONTENT_PROVENANCE] = self.provenance.content
+            row[S.STYLE_PROVENANCE] = self.provenance.style
+            if r.get(S.FACE_BOXES) is not None:
                 row[S.FACE_BOXES] = np.asarray(r[S.FACE_BOXES], np.float32).reshape(-1, 4)
-            if i in pos and feats is not None:
-                j = pos[i]
-                row[S.CONTENT] = feats.content[j]
-                row[S.STYLE] = feats.style[j]
-                row[S.T_CONTENT] = feats.t_content / len(ok)
-                row[S.T_STYLE] = feats.t_style / len(ok)
-            elif i in pos:
-                row[S.STATUS] = S.STATUS_ERROR
-                row[S.ERROR] = error
             out.append(row)
-        return out
+        ok = [i for i, r in enumerate(out) if r[S.STATUS] == S.STATUS_OK]
+        if ok:
+            batch_key = "batch:" + hashlib.sha1("\n".join(sorted({out[i][S.VIDEO_ID] for i in ok})).encode()).hexdigest()
+            crashed_before = False
+            if self.ledger is not None:
+                import ray
+
+                crashed_before = ray.get(self.ledger.begin.remote(batch_key)) > 0
+            if crashed_before or len(ok) == 1:
+                self._one_by_one(out, ok)
+            else:
+                try:
+                    self._fill(out, ok, self._features([out[i] for i in ok]))
+                except Exception as exc:
+                    log.warning("a feature batch of %d rows failed (%s); retrying video by video", len(ok), _message(exc))
+                    self._one_by_one(out, ok)
+            if self.ledger is not None:
+                self.ledger.end.remote(batch_key)
+        # A video whose features failed is one error row (track 0), whatever its tracks were.
+        first_error: dict[str, dict[str, Any]] = {}
+        for row in out:
+            row.pop(CROPS, None)
+            if row[S.STATUS] != S.STATUS_OK:
+                first_error.setdefault(row[S.VIDEO_ID], row)
+        kept, done = [], set()
+        for row in out:
+            vid = row[S.VIDEO_ID]
+            if vid not in first_error:
+                kept.append(row)
+            elif vid not in done:
+                done.add(vid)
+                kept.append({**first_error[vid], S.TRACK_ID: 0})
+        return kept
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return S.feature_table(self.rows(batch.to_pylist()))
@@ -429,28 +596,68 @@ def _track(summary: ExtractSummary, cfg: ExtractConfig, input_uri: str, store, t
     return replace(summary, mlflow_run_id=run.info.run_id)
 
 
+class ExtractError(RuntimeError):
+    """One video could not be turned into features (not a decode problem: faces or features failed)."""
+
+
+def _input_row(video: str | bytes, name: str | None) -> tuple[dict[str, Any], bytes | None, str]:
+    data = bytes(video) if isinstance(video, (bytes, bytearray, memoryview)) else None
+    label = name or ("<upload>" if data is not None else str(video))
+    row = {S.VIDEO_ID: label, S.URI: label if data is not None else str(video), S.LABEL: None, S.DATASET: "", S.SPLIT: "",
+           S.SOURCE_ID: "", S.METHOD: "", S.COMPRESSION: "", S.META: "{}"}  # fmt: skip
+    return row, data, label
+
+
+def crop_one(crop_stage: CropStage, video: str | bytes, name: str | None = None) -> list[dict[str, Any]]:
+    """The crop stage on one video: crop rows, one per face track.
+
+    Raises:
+        VideoDecodeError: the input cannot be read or is not a decodable video.
+        ExtractError: face detection failed.
+    """
+    row, data, label = _input_row(video, name)
+    cropped = crop_stage.crop(row, data)
+    if cropped[0][S.STATUS] != S.STATUS_OK:
+        kind, msg = cropped[0].get(_ERROR_KIND), cropped[0][S.ERROR]
+        if kind in ("read", "decode"):
+            prefix = f"cannot decode video {label}: "
+            raise VideoDecodeError(label, msg[len(prefix) :] if msg.startswith(prefix) else msg)
+        raise ExtractError(msg)
+    return cropped
+
+
+def features_one(feature_stage: FeatureStage, crop_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The feature stage on one video's crop rows: feature rows sorted by track. Raises ExtractError."""
+    rows = feature_stage.rows(crop_rows)
+    if rows[0][S.STATUS] != S.STATUS_OK:
+        raise ExtractError(rows[0][S.ERROR])
+    return sorted(rows, key=lambda r: r[S.TRACK_ID])
+
+
 def extract_one(
-    path: str,
+    video: str | bytes,
     cfg: ExtractConfig | None = None,
     *,
     crop_stage: CropStage | None = None,
     feature_stage: FeatureStage | None = None,
-) -> dict[str, Any]:
-    """Features of one video through exactly the pipeline's two stages (used by ``raydf detect``).
+    name: str | None = None,
+) -> list[dict[str, Any]]:
+    """Feature rows of one video through exactly the pipeline's two stages (``raydf detect``, the service).
 
-    Returns the feature row (as the Parquet holds it, arrays as numpy). Raises
-    :class:`VideoDecodeError` when the file is not a decodable video.
+    Args:
+        video: a local path or URI, or the file's bytes.
+        cfg: extraction config (ignored for stages that are given).
+        crop_stage, feature_stage: reuse loaded stages (models load once).
+        name: how to name the video in rows and errors (default: the path; ``<upload>`` for bytes).
+
+    Returns:
+        One feature row per face track (track 0 first), as the Parquet holds them, arrays as numpy.
+
+    Raises:
+        VideoDecodeError: the input cannot be read or is not a decodable video.
+        ExtractError: faces or features failed on a decodable video.
     """
     cfg = cfg or ExtractConfig()
     crop_stage = crop_stage or CropStage(replace(cfg, crop_threads=0))  # alone in the process: all cores
     feature_stage = feature_stage or FeatureStage(cfg)
-    row = {S.VIDEO_ID: path, S.URI: path, S.LABEL: None, S.DATASET: "", S.SPLIT: "", S.SOURCE_ID: "", S.METHOD: "", S.COMPRESSION: "", S.META: "{}"}
-    cropped = crop_stage.crop(row)
-    if cropped[S.STATUS] != S.STATUS_OK:
-        prefix = f"cannot decode video {path}: "
-        msg = cropped[S.ERROR]
-        raise VideoDecodeError(path, msg[len(prefix) :] if msg.startswith(prefix) else msg)
-    (out,) = feature_stage.rows([cropped])
-    if out[S.STATUS] != S.STATUS_OK:
-        raise RuntimeError(out[S.ERROR])
-    return out
+    return features_one(feature_stage, crop_one(crop_stage, video, name))

@@ -21,7 +21,61 @@ from raydf.models.style import load_style_encoder, style_input
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Features", "FeatureExtractor"]
+__all__ = ["Features", "FeatureExtractor", "resolve_precision", "resolve_cpu_precision", "native_bf16", "BF16_EMULATED_SLOWDOWN"]
+
+# Measured on an AVX2-only CPU (no avx512_bf16 / AMX), batch 4, 2 threads (benchmarks/RESULTS.md):
+# bf16 is emulated there and slower than fp32 by these factors.
+BF16_EMULATED_SLOWDOWN = {"pSp (style)": 7.0, "slow_r50 (content)": 68.0}
+
+
+def native_bf16(cpu_flags: frozenset[str] | None = None) -> bool:
+    """The CPU computes bf16 natively (``avx512_bf16`` or AMX ``amx_bf16`` in its flags)."""
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_cpu_precision(requested: str, cpu_flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """The CPU feature precision for a requested one, and a warning ("" when none).
+
+    ``fp32`` stays fp32 (the default: the same features on every machine); ``auto`` is bf16 only
+    where the CPU has native bf16, else fp32; an explicit ``bf16`` stays bf16 but warns with the
+    measured slowdown where bf16 is emulated.
+    """
+    native = native_bf16(cpu_flags)
+    if requested == "auto":
+        return ("bf16" if native else "fp32"), ""
+    if requested == "bf16" and not native:
+        slow = ", ".join(f"{k} {v:.0f}x" for k, v in BF16_EMULATED_SLOWDOWN.items())
+        return "bf16", (
+            "cpu_precision=bf16 on a CPU without native bf16 (no avx512_bf16/AMX): bf16 is emulated here and "
+            f"measured SLOWER than fp32 ({slow}); use cpu_precision: fp32 (or auto)"
+        )
+    return requested, ""
+
+
+def resolve_precision(cfg, device: str | None = None) -> str:  # noqa: ANN001 - ExtractConfig
+    """The precision feature actors use for ``cfg`` on ``device`` (default: CUDA when available).
+
+    CUDA: fp16 when ``cfg.half_precision`` (V100 has no bf16), else fp32. CPU: :func:`resolve_cpu_precision`.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        return "fp16" if cfg.half_precision else "fp32"
+    precision, warning = resolve_cpu_precision(cfg.cpu_precision)
+    if warning:
+        log.warning("%s", warning)
+    return precision
 
 
 @dataclass(frozen=True)
@@ -42,8 +96,8 @@ class FeatureExtractor:
         style: style extractor settings (weights, registered config, level, normalisation).
         device: ``"cpu"``, ``"cuda"`` ... (default: CUDA when available).
         half: run in fp16 on CUDA (V100 has no bf16). Ignored on CPU.
-        cpu_precision: ``"fp32"`` or ``"bf16"``, the precision on CPU (bf16 pays off on CPUs with
-            native bf16: avx512_bf16 / AMX).
+        cpu_precision: ``"fp32"``, ``"bf16"`` or ``"auto"``, the precision on CPU (bf16 pays off only
+            on CPUs with native bf16, avx512_bf16 / AMX: :func:`resolve_cpu_precision`).
         style_batch: faces per pSp forward call (bounds activation memory); default 8 on CPU
             (per-face cost is flat from 1 to 8 and rises beyond), 128 on GPU.
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` weights and activations; overrides
@@ -67,7 +121,7 @@ class FeatureExtractor:
         self.style_cfg = style or StyleConfig()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision is None:
-            precision = ("fp16" if half else "fp32") if self.device.type == "cuda" else cpu_precision
+            precision = ("fp16" if half else "fp32") if self.device.type == "cuda" else resolve_cpu_precision(cpu_precision)[0]
         if precision not in self.PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(self.PRECISIONS)}, got {precision!r}")
         self.precision = precision

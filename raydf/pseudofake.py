@@ -57,7 +57,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from raydf.config import ConfigError
+from raydf.config import SELF_BLEND_RANGES as _RANGES
+from raydf.config import SelfBlendConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,104 +79,6 @@ _POLY_SHIFT = 4  # fractional bits of the mask polygon's vertices (1/16 px)
 _POLY_POINTS = 72  # vertices of the deformed ellipse before its convex hull
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-@dataclass(frozen=True)
-class SelfBlendConfig:
-    """Ranges and constants of the self-blend generator.
-
-    Every ``(low, high)`` range bounds a parameter that drifts over the frames of a video
-    (see the module docstring); SBI's own ranges are quoted for reference and narrowed so
-    that the fake stays subtle. Fractions of the box are of the face box's width ``w`` /
-    height ``h`` (MTCNN box, full-resolution pixels).
-    """
-
-    # --- source: colour (SBI: RGBShift +-20, HueSaturationValue +-0.3, RandomBrightnessContrast +-0.1)
-    brightness: tuple[float, float] = (-8.0, 8.0)  # grey levels added to every channel
-    contrast: tuple[float, float] = (0.9, 1.1)  # gain about the face's per-channel mean
-    saturation: tuple[float, float] = (0.9, 1.1)  # gain of each pixel's distance from its grey
-    rgb_shift: tuple[float, float] = (-8.0, 8.0)  # grey levels, drawn and drifting per channel
-    # --- source: frequency (SBI: Downscale 0.25-0.5 or Sharpen alpha 0.2-0.5)
-    sharpness: tuple[float, float] = (-0.8, 0.8)  # unsharp amount: -1 = fully blurred, > 0 sharpened
-    sharpen_sigma: float = 0.006  # Gaussian sigma of that blur, fraction of the box's long side
-    # (about 1.3 px of the 256-px crop that faces.py cuts from 1.2x the long side)
-    # --- source: geometry (SBI: scale 0.95..1/0.95, translate x +-3 %, y +-1.5 % of the crop)
-    scale: tuple[float, float] = (0.95, 1 / 0.95)  # source scale about the box centre (SBI's)
-    translate_x: tuple[float, float] = (-0.03, 0.03)  # source shift, fraction of w (SBI's)
-    translate_y: tuple[float, float] = (-0.015, 0.015)  # source shift, fraction of h (SBI's)
-    # --- mask (SBI: landmark convex hull, elastic deformation, two Gaussian blurs, ratio {.25,.5,.75,1})
-    alpha: tuple[float, float] = (0.5, 1.0)  # blend ratio, the mask's peak value
-    mask_axis_x: tuple[float, float] = (0.36, 0.44)  # ellipse semi-axis, fraction of w
-    mask_axis_y: tuple[float, float] = (0.36, 0.42)  # ellipse semi-axis, fraction of h
-    mask_offset_y: tuple[float, float] = (0.0, 0.03)  # ellipse centre below the box centre, fraction of h
-    # (an MTCNN box includes the forehead; the landmark hull SBI uses sits lower)
-    mask_softness: tuple[float, float] = (0.015, 0.035)  # mask blur sigma, fraction of min(w, h)
-    mask_harmonics: tuple[int, ...] = (2, 3, 4)  # radial harmonics deforming the ellipse (per video)
-    mask_deform: float = 0.06  # bound of the summed harmonics, relative radius
-    # --- drift over the sampled frames
-    drift_amplitude: float = 0.25  # d: each parameter wanders c +- d of its range, c in [d, 1 - d]
-    drift_period: tuple[float, float] = (16.0, 64.0)  # sampled frames per cycle of each sinusoid
-    # --- where the edit may go
-    margin: float = 0.2  # FaceConfig.margin: edits stay in the box grown by margin/2 x long side per side
-    min_face_px: float = 8.0  # a box narrower or lower than this is no face: frame left unchanged
-
-    def __post_init__(self) -> None:
-        for name, _ in _RANGES:
-            lo, hi = getattr(self, name)
-            _check(lo <= hi, f"{name} must be (low, high) with low <= high, got {(lo, hi)}")
-        _check(self.contrast[0] > 0 and self.saturation[0] >= 0, "contrast must be > 0 and saturation >= 0")
-        _check(self.sharpness[0] >= -1.0, f"sharpness must be >= -1 (fully blurred), got {self.sharpness}")
-        _check(self.sharpen_sigma > 0, f"sharpen_sigma must be > 0, got {self.sharpen_sigma}")
-        _check(self.scale[0] > 0, f"scale must be positive, got {self.scale}")
-        _check(0.0 <= self.alpha[0] and self.alpha[1] <= 1.0, f"alpha must lie in [0, 1], got {self.alpha}")
-        _check(self.mask_axis_x[0] > 0 and self.mask_axis_y[0] > 0, "mask axes must be positive")
-        _check(self.mask_softness[0] > 0, f"mask_softness must be positive, got {self.mask_softness}")
-        _check(all(k >= 1 for k in self.mask_harmonics), f"mask_harmonics must be >= 1, got {self.mask_harmonics}")
-        _check(0.0 <= self.mask_deform < 0.5, f"mask_deform must be in [0, 0.5), got {self.mask_deform}")
-        _check(0.0 <= self.drift_amplitude <= 0.5, f"drift_amplitude must be in [0, 0.5], got {self.drift_amplitude}")
-        lo, hi = self.drift_period
-        _check(0 < lo <= hi, f"drift_period must be 0 < low <= high, got {self.drift_period}")
-        _check(0.0 <= self.margin <= 2.0, f"margin must be in [0, 2], got {self.margin}")
-        _check(self.min_face_px >= 1.0, f"min_face_px must be >= 1, got {self.min_face_px}")
-        # The blurred mask must fade out (3 sigma) before the edge of the allowed region.
-        room = 0.5 + self.margin / 2
-        reach_x = self.mask_axis_x[1] * (1 + self.mask_deform) + 3 * self.mask_softness[1]
-        drop = max(map(abs, self.mask_offset_y))
-        reach_y = self.mask_axis_y[1] * (1 + self.mask_deform) + drop + 3 * self.mask_softness[1]
-        _check(
-            max(reach_x, reach_y) <= room,
-            f"the mask reaches {max(reach_x, reach_y):.3f} of the box from its centre, beyond the "
-            f"{room:.3f} that margin={self.margin} allows; shrink mask_axis_*, mask_offset_y or mask_softness",
-        )
-
-    def max_step(self) -> float:
-        """Bound of any parameter's change between consecutive frames, as a fraction of its range.
-
-        ``|u(t+1) - u(t)| <= d * (2 pi f1 + 2 pi f2) / 2 <= 2 pi d / min(drift_period)``
-        (the mean-value theorem on each sinusoid).
-        """
-        return 2.0 * math.pi * self.drift_amplitude / self.drift_period[0]
-
-
-# Drifting per-frame parameters: (name in the JSON parameters, config field holding its range).
-_RANGES: tuple[tuple[str, str], ...] = (
-    ("brightness", "brightness"),
-    ("contrast", "contrast"),
-    ("saturation", "saturation"),
-    ("rgb_shift", "rgb_shift"),
-    ("sharpness", "sharpness"),
-    ("scale", "scale"),
-    ("translate_x", "translate_x"),
-    ("translate_y", "translate_y"),
-    ("alpha", "alpha"),
-    ("mask_axis_x", "mask_axis_x"),
-    ("mask_axis_y", "mask_axis_y"),
-    ("mask_offset_y", "mask_offset_y"),
-    ("mask_softness", "mask_softness"),
-)
 _PER_CHANNEL = {"rgb_shift": 3}  # parameters with one value per RGB channel
 DRIFTING_PARAMS: tuple[str, ...] = tuple(name for name, _ in _RANGES)
 

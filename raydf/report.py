@@ -1,4 +1,8 @@
-"""What a training run leaves in MLflow: test metrics, tables, plots, ROC data, predictions, the model."""
+"""What a training run leaves in MLflow: test metrics, tables, plots, ROC data, predictions, the model.
+
+Every evaluation is a :class:`raydf.scoring.Predictions` (video-level, tracks aggregated as it
+states); metric names are the constants of :mod:`raydf.schema` (``test_roc_auc`` ...).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from raydf import evaluate as E
-from raydf.predict import BUNDLE_FILE, ModelBundle, PackedFusion, Predictions
+from raydf import schema as S
+from raydf.bundle import MODEL_TAG, ModelBundle
+from raydf.mlflow_model import log_model
+from raydf.scoring import Predictions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["log_training_report", "log_test_metrics", "METRIC_KEYS"]
-
-METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "eer", "log_loss")
+__all__ = ["log_training_report", "log_test_metrics"]
 
 
 def _write_json(path: Path, obj: Any) -> Path:
@@ -29,21 +33,19 @@ def log_test_metrics(name: str, m: dict[str, Any]) -> None:
     """An evaluation's metrics on the active MLflow run as ``<name>_<metric>`` (NaN ones left out) and its counts."""
     import mlflow
 
-    mlflow.log_metrics({f"{name}_{k}": float(m[k]) for k in METRIC_KEYS if np.isfinite(m[k])})
-    mlflow.log_metrics({f"{name}_n": m["n"], f"{name}_n_fake": m["n_fake"], f"{name}_n_real": m["n_real"]})
+    mlflow.log_metrics({S.eval_metric(name, k): float(m[k]) for k in S.EVAL_METRICS if np.isfinite(m[k])})
+    mlflow.log_metrics({S.eval_metric(name, "n"): m["n"], S.eval_metric(name, "n_fake"): m["n_fake"], S.eval_metric(name, "n_real"): m["n_real"]})
 
 
 def log_training_report(
     bundle: ModelBundle,
+    bundle_path: Path,
     history: list[dict[str, Any]],
     evaluations: dict[str, Predictions],
-    features_uri: str,
-    ids: dict[str, list[str]],
     out_dir: Path,
 ) -> dict[str, dict[str, Any]]:
     """Log the report of a finished training to the active MLflow run; returns metrics per evaluation."""
     import mlflow
-    from mlflow.models import infer_signature
 
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,12 @@ def log_training_report(
             _write_json(out_dir / f"roc_{name}.json", {"fpr": roc["fpr"].tolist(), "tpr": roc["tpr"].tolist(), "thresholds": thresholds, "roc_auc": m["roc_auc"]})
             mlflow.log_artifact(str(out_dir / f"roc_{name}.json"), "evaluation")
         report = "\n\n".join(
-            [f"# {name}", E.overall_table(m), E.classification_report_table(pred.labels, pred.probs, threshold=bundle.threshold)]
+            [
+                f"# {name}",
+                f"Video-level scores: the {pred.aggregation} over each video's face tracks.",
+                E.overall_table(m),
+                E.classification_report_table(pred.labels, pred.probs, threshold=bundle.threshold),
+            ]
         )
         (out_dir / f"report_{name}.md").write_text(report + "\n")
         mlflow.log_artifact(str(out_dir / f"report_{name}.md"), "evaluation")
@@ -71,7 +78,7 @@ def log_training_report(
         ]
         (out_dir / f"predictions_{name}.csv").write_text("\n".join(rows) + "\n")
         mlflow.log_artifact(str(out_dir / f"predictions_{name}.csv"), "evaluation")
-    main = evaluations.get("test") or next(iter(evaluations.values()), None)
+    main = evaluations.get(S.TEST) or next(iter(evaluations.values()), None)
     if main is not None:
         E.save_figure(E.plot_style_trajectories(main.style_sample, main.label_sample, main.valid_sample), plots / "style_trajectories.png")
         if len(main.labels) >= 3:  # a 2-D projection needs a few points
@@ -84,21 +91,6 @@ def log_training_report(
     if (out_dir / "tensorboard").exists():
         mlflow.log_artifacts(str(out_dir / "tensorboard"), "tensorboard")
 
-    # The model: a pyfunc-servable packed module, with the raydf bundle inside for `raydf detect`.
-    t, k = bundle.num_frames, max(1, bundle.num_frames // int(bundle.extract["feature_config"]["content"]["clip_len"]))
-    packed = PackedFusion(bundle.model(), t, k).eval()
-    example = PackedFusion.pack(np.zeros((1, k, 2048), np.float32), np.zeros((1, t, 512), np.float32), np.ones((1, t), bool))
-    with torch.inference_mode():
-        out = packed(torch.from_numpy(example)).numpy()
-    bundle_path = out_dir / BUNDLE_FILE
-    mlflow.pytorch.log_model(
-        packed,
-        name="model",
-        signature=infer_signature(example, out),
-        input_example=example,
-        extra_files=[str(bundle_path)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "raydf"],
-        serialization_format="pickle",  # torch.export cannot trace the packed GRU
-    )
-    mlflow.set_tag("raydf.model", "logged")
+    log_model(bundle, bundle_path, out_dir)
+    mlflow.set_tag(MODEL_TAG, "logged")
     return results

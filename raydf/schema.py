@@ -212,3 +212,29 @@ def feature_table(rows: list[dict[str, Any]], metadata: dict[bytes, bytes] | Non
             arrays.append(pa.array(values, f.type))
     schema = FEATURE_SCHEMA.with_metadata(metadata) if metadata else FEATURE_SCHEMA
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# ---- metric names: what training logs per epoch and what Tune, compare and the reports read ----------
+EPOCH = "epoch"  # 0-based epoch index (the MLflow step)
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC = "train_acc"
+VAL_LOSS = "val_loss"
+VAL_ACC = "val_acc"
+VAL_AUC = "val_auc"
+LR = "lr"
+EPOCH_S = "epoch_s"  # wall seconds of the epoch
+BEST_EPOCH = "best_epoch"
+BEST_VAL_LOSS = "best_val_loss"
+RESUMED_FROM = "resumed_from"  # -1, or the checkpoint epoch a restarted worker group resumed from
+EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_AUC, LR, EPOCH_S, BEST_VAL_LOSS)  # logged per epoch
+
+# Evaluation metrics (raydf.evaluate.compute_metrics keys), logged as "<evaluation>_<metric>", e.g. test_roc_auc.
+ACCURACY, PRECISION, RECALL, F1 = "accuracy", "precision", "recall", "f1"
+ROC_AUC, AVERAGE_PRECISION, EER, LOG_LOSS = "roc_auc", "average_precision", "eer", "log_loss"
+EVAL_METRICS = (ACCURACY, PRECISION, RECALL, F1, ROC_AUC, AVERAGE_PRECISION, EER, LOG_LOSS)
+TEST = "test"  # the name of the within-set evaluation
+
+
+def eval_metric(evaluation: str, metric: str) -> str:
+    """MLflow name of an evaluation's metric: ``eval_metric("test", ROC_AUC) == "test_roc_auc"``."""
+    return f"{evaluation}_{metric}"

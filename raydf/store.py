@@ -204,6 +204,11 @@ class FeatureStore:
             return S.FEATURE_SCHEMA.empty_table() if columns is None else S.FEATURE_SCHEMA.empty_table().select(columns)
         return pa.concat_tables(tables)
 
+    def iter_tables(self, columns: list[str] | None = None):  # noqa: ANN201 - Iterator[pa.Table]
+        """Committed rows one part at a time (bounded memory), with only ``columns``."""
+        for name in self.list_parts():
+            yield self._read_part(name, columns)
+
     def digest(self) -> str:
         """Fingerprint of the committed content (part names + config)."""
         h = hashlib.sha256(json.dumps(self.read_config(), sort_keys=True).encode())

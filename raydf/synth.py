@@ -64,6 +64,7 @@ __all__ = [
 # facenet_pytorch 2.5.3 MTCNN(keep_all=True).detect(astronaut()) -> one face, p=0.99999, image pixels.
 ASTRONAUT_FACE_BOX = (181.05, 62.16, 267.75, 172.05)
 FAMILIES = ("blend", "flicker")
+GENERATOR = "raydf.synth"  # recorded in every video's metadata: models trained on it carry a warning
 METADATA_FILE = "metadata.jsonl"
 _ROUND = 3  # decimals kept in metadata floats (byte-identical JSON across platforms)
 
@@ -731,7 +732,7 @@ def make_dataset(
 
     lengths = _lengths(np.random.default_rng([seed, 0]), videos, min_frames, max_frames, cfg)
     codec = {"codec": "libx264", "pix_fmt": "yuv420p", "crf": cfg.crf, "preset": cfg.preset}
-    common = {"fps": fps, "width": width, "height": height, "seed": seed, "codec": codec}
+    common = {"fps": fps, "width": width, "height": height, "seed": seed, "codec": codec, "generator": GENERATOR}
     records = []
     for i in tqdm(range(videos), desc="make-dataset", unit="pair", disable=None):
         rng = np.random.default_rng([seed, 1, i])

@@ -32,6 +32,9 @@ __all__ = [
     "flatten",
     "safe_params",
     "redact",
+    "redact_uri",
+    "strip_userinfo",
+    "worker_tracking_uri",
     "log_parquet_dataset",
 ]
 
@@ -76,6 +79,21 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def worker_tracking_uri(uri: str) -> str:
+    """The tracking URI to hand to Ray workers: without user info (credentials travel in the
+    environment, ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``/``MLFLOW_TRACKING_TOKEN``)."""
+    clean = strip_userinfo(uri)
+    if clean != uri:
+        log.warning("credentials in the tracking URI are not passed to Ray workers; set MLFLOW_TRACKING_USERNAME/"
+                    "MLFLOW_TRACKING_PASSWORD in the cluster's environment instead")
+    return clean
+
+
+def strip_userinfo(uri: str) -> str:
+    """``scheme://user:secret@host/...`` -> ``scheme://host/...``."""
+    return re.sub(r"^(\w[\w+.-]*://)[^/@\s]+@", r"\1", uri)
+
+
 def get_or_create_experiment(name: str, artifact_root: str | None = None) -> str:
     """Experiment id of ``name``; new experiments get an absolute artifact location.
 
@@ -116,13 +134,29 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Query parameters that carry credentials (presigned S3/GCS/Azure URLs, OAuth tokens, API keys).
+_SECRET_QUERY = re.compile(
+    r"([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential|signature|sig|"
+    r"awsaccesskeyid|token|access_token|id_token|api_key|apikey|key|password|secret|sv|se|sp|skoid|sktid)=)[^&#\s]*",
+    re.I,
+)
+
+
 def redact(text: str) -> str:
-    """Remove secret values of the environment and user info of URLs from ``text``."""
+    """Remove secrets from any text: values of secret environment variables, user info of URLs
+    (``https://user:secret@host`` -> ``https://***@host``) and credential query parameters
+    (``X-Amz-Signature=...`` -> ``X-Amz-Signature=***``)."""
     for name in _SECRET_ENV:
         val = os.environ.get(name)
         if val and len(val) >= 4:
             text = text.replace(val, "***")
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+    text = re.sub(r"(\w[\w+.-]*://)[^/@\s]+@", r"\1***@", text)
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
+def redact_uri(uri: str) -> str:
+    """A URI fit for logs, errors, tags and params (see :func:`redact`)."""
+    return redact(str(uri))
 
 
 def safe_params(params: Mapping[str, Any]) -> dict[str, str]:

@@ -24,14 +24,16 @@ import torch
 from torch import nn
 
 from raydf import schema as S
-from raydf.config import FusionConfig, TrainConfig, load_config, to_dict
+from raydf.bundle import BUNDLE_FILE, ModelBundle, TrainInfo
+from raydf.config import FusionConfig, StoreConfig, TrainConfig, load_config, to_dict
+from raydf.scoring import Predictions, predict_features
+from raydf.splits import SplitPlan, load_index, plan_splits
+from raydf.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "TrainResult",
-    "load_index",
-    "assign_splits",
     "feature_dataset",
     "training_datasets",
     "to_tensors",
@@ -45,55 +47,6 @@ B_CONTENT, B_STYLE, B_VALID, B_LABEL = "content", "style", "valid", "label"
 CHECKPOINT_FILE = "state.pt"
 
 
-# ---- planning on the driver (light columns only) ---------------------------------------------------
-def load_index(features_uri: str) -> pa.Table:
-    """``video_id, label, split, source_id, dataset, method, status, face_valid`` of every row."""
-    from raydf.store import FeatureStore
-
-    cols = [S.VIDEO_ID, S.LABEL, S.SPLIT, S.SOURCE_ID, S.DATASET, S.METHOD, S.STATUS, S.FACE_VALID]
-    return FeatureStore(features_uri).read(cols)
-
-
-def assign_splits(index: pa.Table, cfg: TrainConfig) -> tuple[dict[str, str], dict[str, int]]:
-    """Video id -> ``train`` | ``val`` | ``test`` for usable rows, plus counts of excluded rows.
-
-    Rows keep the manifest's split; rows without one are split by ``source_id`` (a real video
-    and all fakes made from it land in the same split), shuffled with the config's seed.
-    Rows that are not ``ok`` or have too few valid faces are excluded, and so are fakes of
-    other methods when ``cfg.methods`` is set (e.g. train on one family, test on another).
-    """
-    from raydf.models.fusion import valid_enough
-
-    rows = index.to_pylist()
-    excluded = {"error": 0, "few_faces": 0, "other_method": 0}
-    usable = []
-    for r in rows:
-        if cfg.methods and r[S.LABEL] == S.FAKE and r[S.METHOD] not in cfg.methods:
-            excluded["other_method"] += 1
-        elif r[S.STATUS] != S.STATUS_OK:
-            excluded["error"] += 1
-        elif not bool(valid_enough(np.asarray([r[S.FACE_VALID]], bool), cfg.model.min_valid_fraction)[0]):
-            excluded["few_faces"] += 1
-        else:
-            usable.append(r)
-    assignment = {r[S.VIDEO_ID]: r[S.SPLIT] for r in usable if r[S.SPLIT] in S.SPLITS}
-    pending = [r for r in usable if r[S.SPLIT] not in S.SPLITS]
-    have_test = any(s == "test" for s in assignment.values())
-    have_val = any(s == "val" for s in assignment.values())
-    sources = sorted({r[S.SOURCE_ID] or r[S.VIDEO_ID] for r in pending})
-    rng = np.random.default_rng(cfg.seed)
-    rng.shuffle(sources)
-    n = len(sources)
-    n_test = 0 if have_test else int(round(n * cfg.test_fraction))
-    n_val = 0 if have_val else max(1 if n > 2 else 0, int(round(n * cfg.val_fraction)))
-    split_of = {}
-    for i, src in enumerate(sources):
-        split_of[src] = "test" if i < n_test else ("val" if i < n_test + n_val else "train")
-    for r in pending:
-        assignment[r[S.VIDEO_ID]] = split_of[r[S.SOURCE_ID] or r[S.VIDEO_ID]]
-    return assignment, excluded
-
-
 # ---- Ray Data ----------------------------------------------------------------------------------
 def to_tensors(batch: pa.Table) -> dict[str, np.ndarray]:
     """Feature rows -> dense arrays: content (B, K, 2048), style (B, T, 512), valid (B, T), label (B,)."""
@@ -105,25 +58,32 @@ def to_tensors(batch: pa.Table) -> dict[str, np.ndarray]:
     }
 
 
-def _select_split(batch: pa.Table, ids: pa.Array) -> dict[str, np.ndarray]:
+_KEY_SEP = "\x1f"  # joins video_id and track_id into one comparable key
+
+
+def _row_keys(batch: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(batch[S.VIDEO_ID], pc.cast(batch[S.TRACK_ID], pa.string()), _KEY_SEP)
+
+
+def _select_split(batch: pa.Table, keys: pa.Array) -> dict[str, np.ndarray]:
     """Keep the rows assigned to one split and turn them into tensors."""
-    return to_tensors(batch.filter(pc.is_in(batch[S.VIDEO_ID], ids)))
+    return to_tensors(batch.filter(pc.is_in(_row_keys(batch), keys)))
 
 
-def feature_dataset(features_uri: str, ids: list[str]):  # noqa: ANN201 - ray.data.Dataset
-    """A Ray Dataset of the given videos' tensors, streamed from the Parquet parts."""
+def feature_dataset(features_uri: str, keys: list[tuple[str, int]]):  # noqa: ANN201 - ray.data.Dataset
+    """A Ray Dataset of the given rows' tensors (``(video_id, track_id)`` keys), streamed from the Parquet parts."""
     import ray
 
-    cols = [S.VIDEO_ID, S.LABEL, S.CONTENT, S.STYLE, S.FACE_VALID]
+    cols = [S.VIDEO_ID, S.TRACK_ID, S.LABEL, S.CONTENT, S.STYLE, S.FACE_VALID]
     ds = ray.data.read_parquet(features_uri, columns=cols, file_extensions=["parquet"])
-    wanted = pa.array(sorted(ids), pa.string())
-    return ds.map_batches(_select_split, fn_kwargs={"ids": wanted}, batch_format="pyarrow", batch_size=64)
+    wanted = pa.array(sorted(f"{v}{_KEY_SEP}{t}" for v, t in keys), pa.string())
+    return ds.map_batches(_select_split, fn_kwargs={"keys": wanted}, batch_format="pyarrow", batch_size=64)
 
 
-def training_datasets(features_uri: str, ids: dict[str, list[str]], cfg: TrainConfig) -> dict[str, Any]:
+def training_datasets(features_uri: str, plan: SplitPlan, cfg: TrainConfig) -> dict[str, Any]:
     """The ``train`` and ``val`` Ray Datasets of a run; materialised in the object store when
     ``cfg.cache_features`` (blocks stay in Ray's object store, not on the driver)."""
-    out = {split: feature_dataset(features_uri, ids[split]) for split in ("train", "val")}
+    out = {split: feature_dataset(features_uri, plan.keys[split]) for split in ("train", "val")}
     if cfg.cache_features:
         out = {split: ds.materialize() for split, ds in out.items()}
     return out
@@ -224,8 +184,90 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     torch.save(state, path / CHECKPOINT_FILE)
 
 
+def load_checkpoint_state(directory: str | Path) -> dict[str, Any]:
+    """A training checkpoint's state, read with ``weights_only=True`` (checkpoints may sit in shared
+    ``s3://`` storage: loading one never unpickles code).
+
+    Raises:
+        RuntimeError: the file is not a raydf training state (or carries a pickle payload).
+    """
+    path = Path(directory) / CHECKPOINT_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"{path} is not a raydf training checkpoint: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as Python ints/floats (checkpoints are read weights-only: no numpy scalars)."""
+    return {k: (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v)) for k, v in metrics.items()}
+
+
+class EpochLog:
+    """Per-epoch metrics to MLflow and TensorBoard (rank 0), exactly once per epoch across restarts.
+
+    An epoch is logged only after its checkpoint is registered (``ray.train.report`` returned),
+    so a worker killed mid-epoch has logged nothing of it, and the epoch re-run after the restart
+    is logged once. A worker killed between registering and logging leaves a gap: on resume,
+    :meth:`backfill` logs the checkpoint's epochs that the sinks do not have yet.
+    """
+
+    SCALARS = (S.TRAIN_LOSS, S.VAL_LOSS, S.TRAIN_ACC, S.VAL_ACC, S.VAL_AUC, S.LR)
+
+    def __init__(self, mlflow_cfg: dict[str, Any] | None, tensorboard_dir: str | None) -> None:
+        self.run_id = mlflow_cfg["run_id"] if mlflow_cfg else None
+        self.writer = None
+        self.tb_dir = tensorboard_dir
+        if self.run_id:
+            import mlflow
+
+            mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(tensorboard_dir)
+
+    def _mlflow_steps(self) -> set[int]:
+        from mlflow import MlflowClient
+
+        return {int(m.step) for m in MlflowClient().get_metric_history(self.run_id, S.VAL_LOSS)}
+
+    def _tb_steps(self) -> set[int]:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(self.tb_dir, size_guidance={"scalars": 0})
+        acc.Reload()
+        return {int(e.step) for e in acc.Scalars(S.VAL_LOSS)} if S.VAL_LOSS in acc.Tags().get("scalars", []) else set()
+
+    def backfill(self, history: list[dict[str, Any]]) -> None:
+        """Log the epochs of a resumed checkpoint's history that a sink lacks."""
+        have_ml = self._mlflow_steps() if self.run_id else set()
+        have_tb = self._tb_steps() if self.writer is not None else set()
+        for m in history:
+            self.log(m, mlflow_sink=int(m[S.EPOCH]) not in have_ml, tb_sink=int(m[S.EPOCH]) not in have_tb)
+
+    def log(self, metrics: dict[str, Any], *, mlflow_sink: bool = True, tb_sink: bool = True) -> None:
+        epoch = int(metrics[S.EPOCH])
+        if self.run_id and mlflow_sink:
+            import mlflow
+
+            mlflow.log_metrics(
+                {k: float(metrics[k]) for k in S.EPOCH_METRICS if k in metrics and np.isfinite(metrics[k])}, step=epoch, run_id=self.run_id
+            )
+        if self.writer is not None and tb_sink:
+            for k in self.SCALARS:
+                if k in metrics and np.isfinite(metrics[k]):
+                    self.writer.add_scalar(k, metrics[k], epoch)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker loop. ``config``: ``train`` (TrainConfig dict), ``pos_weight``, ``mlflow`` (optional)."""
+    """Ray Train worker loop. ``config``: ``train`` (TrainConfig dict), ``pos_weight``, ``feature_stats``,
+    ``mlflow`` (tracking URI without credentials + run id, optional), ``tensorboard_dir``."""
     import ray.train
     import ray.train.torch
 
@@ -254,7 +296,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resumed_from = -1
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = load_checkpoint_state(d)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -264,16 +306,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resumed_from = state["epoch"]
         rng = np.random.default_rng(cfg.seed + 1000 * rank + start_epoch)
 
-    mlflow_cfg = config.get("mlflow") if rank == 0 else None
-    writer = None
-    if rank == 0 and config.get("tensorboard_dir"):
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(config["tensorboard_dir"])
-    if mlflow_cfg:
-        import mlflow
-
-        mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
+    epoch_log = EpochLog(config.get("mlflow"), config.get("tensorboard_dir")) if rank == 0 else None
+    if epoch_log is not None and history:
+        epoch_log.backfill(history)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -297,33 +332,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         labels = np.concatenate([x["labels"] for x in vas]) if n_va else np.zeros(0)
         val_loss = sum(x["loss_sum"] for x in vas) / max(n_va, 1)
         metrics = {
-            "epoch": epoch,
-            "train_loss": sum(x["loss_sum"] for x in trs) / max(n_tr, 1),
-            "train_acc": sum(x["correct"] for x in trs) / max(n_tr, 1),
-            "val_loss": val_loss,
-            "val_acc": sum(x["correct"] for x in vas) / max(n_va, 1),
-            "val_auc": float(compute_metrics(labels, probs)["roc_auc"]) if n_va else float("nan"),
-            "lr": lr,
-            "epoch_s": time.perf_counter() - t0,
-            "resumed_from": resumed_from,
+            S.EPOCH: epoch,
+            S.TRAIN_LOSS: sum(x["loss_sum"] for x in trs) / max(n_tr, 1),
+            S.TRAIN_ACC: sum(x["correct"] for x in trs) / max(n_tr, 1),
+            S.VAL_LOSS: val_loss,
+            S.VAL_ACC: sum(x["correct"] for x in vas) / max(n_va, 1),
+            S.VAL_AUC: float(compute_metrics(labels, probs)[S.ROC_AUC]) if n_va else float("nan"),
+            S.LR: lr,
+            S.EPOCH_S: time.perf_counter() - t0,
+            S.RESUMED_FROM: resumed_from,
         }
         stop = early.step(val_loss, _unwrap(model).state_dict())
-        metrics["best_epoch"] = early.best_epoch if early.best_epoch is not None else epoch
-        metrics["best_val_loss"] = early.best_loss
-        history.append({k: v for k, v in metrics.items() if k not in ("resumed_from",)})
-        if mlflow_cfg:
-            import mlflow
-
-            mlflow.log_metrics(
-                {k: float(v) for k, v in metrics.items() if k not in ("epoch", "resumed_from", "best_epoch") and np.isfinite(v)},
-                step=epoch,
-                run_id=mlflow_cfg["run_id"],
-            )
-        if writer is not None:
-            for k in ("train_loss", "val_loss", "train_acc", "val_acc", "val_auc", "lr"):
-                if np.isfinite(metrics[k]):
-                    writer.add_scalar(k, metrics[k], epoch)
-            writer.flush()
+        metrics[S.BEST_EPOCH] = early.best_epoch if early.best_epoch is not None else epoch
+        metrics[S.BEST_VAL_LOSS] = early.best_loss
+        metrics = _plain(metrics)
+        history.append({k: v for k, v in metrics.items() if k != S.RESUMED_FROM})
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
@@ -342,11 +365,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
+        if epoch_log is not None:  # after the checkpoint is registered: exactly once (see EpochLog)
+            epoch_log.log(metrics)
         if stop:
             log.info("early stopping at epoch %d (best %d)", epoch, early.best_epoch)
             break
-    if writer is not None:
-        writer.close()
+    if epoch_log is not None:
+        epoch_log.close()
 
 
 # ---- the driver ------------------------------------------------------------------------------------
@@ -361,6 +386,13 @@ class TrainResult:
     storage_path: str
     best_epoch: int
     resumed_from: int  # -1, or the checkpoint epoch the last worker group restarted from
+    aggregation: str = "max"  # how a video's tracks were combined in the evaluations
+
+
+def _is_generated(index: pa.Table) -> bool:
+    """Rows made by raydf.synth (its metadata records the generator)."""
+    metas = index.column(S.META).to_pylist()[:50]
+    return any('"generator": "raydf.synth"' in (m or "") for m in metas)
 
 
 def run_training(
@@ -387,7 +419,8 @@ def run_training(
         cfg: training config (defaults: the report's recipe).
         storage_path: Ray Train storage for checkpoints (default ``<RAYDF_HOME>/ray_results``).
         name: run name (default ``train-<timestamp>``).
-        tracking_uri: MLflow store (default :func:`raydf.tracking.default_tracking_uri`).
+        tracking_uri: MLflow store (default :func:`raydf.tracking.default_tracking_uri`). Credentials
+            in it are not passed on: set ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` in the cluster's environment.
         tags: extra MLflow tags (``dataset`` is filled from the data when absent).
         extra_test: ``{name: features_uri}`` of other datasets to evaluate on (cross-dataset).
         output_dir: where the model bundle and plots are written (default: under storage).
@@ -398,15 +431,17 @@ def run_training(
             resumed instead of creating a second one, so a restored sweep logs one run per trial.
         full_report: log the whole report (plots, ROC data, predictions, the model); False logs
             only the evaluation metrics (``test_roc_auc``, ...), e.g. in Tune trials, to save time.
+
+    Raises:
+        FileNotFoundError: ``features_uri`` is not a raydf feature store.
+        ValueError: no train or no validation rows.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raydf import tracking
-    from raydf.predict import ModelBundle, predict_features
     from raydf.recipe import pos_weight
-    from raydf.store import FeatureStore
 
     cfg = cfg or TrainConfig()
     name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -420,19 +455,21 @@ def run_training(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     store = FeatureStore(features_uri)
-    extract_cfg = store.read_config()
-    if extract_cfg is None:
-        raise FileNotFoundError(f"{features_uri} is not a raydf feature directory (no {store.uri}/_raydf_extract.json)")
+    raw_config = store.read_config()
+    if raw_config is None:
+        raise FileNotFoundError(f"{tracking.redact(features_uri)} is not a raydf feature directory (no _raydf_extract.json)")
+    store_config = StoreConfig.from_dict(raw_config)
     index = load_index(features_uri)
-    assignment, excluded = assign_splits(index, cfg)
-    ids = {s: sorted(v for v, sp in assignment.items() if sp == s) for s in S.SPLITS}
-    if not ids["train"] or not ids["val"]:
-        raise ValueError(f"{features_uri}: need train and val videos, got {({k: len(v) for k, v in ids.items()})}")
-    labels_of = dict(zip(index.column(S.VIDEO_ID).to_pylist(), index.column(S.LABEL).to_pylist()))
-    train_labels = np.asarray([labels_of[v] for v in ids["train"]])
+    plan = plan_splits(index, cfg)
+    counts = plan.counts()
+    if not plan.keys["train"] or not plan.keys["val"]:
+        raise ValueError(f"{tracking.redact(features_uri)}: need train and val rows, got {counts}")
+    train_labels = np.asarray([plan.labels[k] for k in plan.keys["train"]])
     pw = float(pos_weight(train_labels)) if cfg.balance_classes else 1.0
-    datasets_seen = sorted(set(index.column(S.DATASET).to_pylist()))
-    log.info("splits: %s; excluded: %s; pos_weight %.3f", {k: len(v) for k, v in ids.items()}, excluded, pw)
+    generated = _is_generated(index)
+    log.info("splits: %s; excluded: %s; pos_weight %.3f", counts, plan.excluded, pw)
+    if plan.pseudo_val:
+        log.warning("the store has no fakes of its own: validation uses self-blended pseudo-fakes")
 
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True)
@@ -454,26 +491,29 @@ def run_training(
             start_tags["mlflow.parentRunId"] = parent_run_id
         run = mlflow.start_run(run_id=existing) if existing else mlflow.start_run(experiment_id=exp, run_name=name, tags=start_tags)
         run_id = run.info.run_id
-        mlflow_cfg = {"tracking_uri": uri, "run_id": run_id}
-        prov = extract_cfg["provenance"]
+        mlflow_cfg = {"tracking_uri": tracking.worker_tracking_uri(uri), "run_id": run_id}
+        prov = store_config.provenance
         all_tags = {
             "raydf.stage": "train",
-            "dataset": ",".join(datasets_seen),
-            "split": "test",
-            "style_config": extract_cfg["feature_config"]["style"]["config"],
-            "weights": "pretrained" if prov["style"].startswith("sha256") and prov["content"].startswith("sha256") else "random",
-            "raydf.content_provenance": prov["content"],
-            "raydf.style_provenance": prov["style"],
+            "dataset": ",".join(plan.datasets),
+            "split": S.TEST,
+            "style_config": store_config.features.style.config,
+            "weights": "pretrained" if prov.pretrained else "random",
+            "raydf.content_provenance": prov.content,
+            "raydf.style_provenance": prov.style,
             "raydf.features": tracking.redact(features_uri),
+            "raydf.precision": store_config.features.precision,
+            "raydf.fakes": cfg.fakes,
+            "raydf.validation_fakes": "pseudo (self-blend)" if plan.pseudo_val else "dataset",
         }
         all_tags.update(tags or {})
         mlflow.set_tags(all_tags)
-        mlflow.log_params(tracking.safe_params({"train": to_dict(cfg), "extract": extract_cfg["feature_config"]}))
-        mlflow.log_params({"pos_weight": round(pw, 6), **{f"n_{k}": len(v) for k, v in ids.items()}, **{f"excluded_{k}": v for k, v in excluded.items()}})
+        mlflow.log_params(tracking.safe_params({"train": to_dict(cfg), "extract": store_config.features.to_dict()}))
+        mlflow.log_params({"pos_weight": round(pw, 6), **{f"n_{k}": v for k, v in counts.items()}, **{f"excluded_{k}": v for k, v in plan.excluded.items()}})
         tracking.log_parquet_dataset(features_uri, name="features", digest=store.digest(), context="training", num_rows=index.num_rows)
 
     try:
-        datasets = training_datasets(features_uri, ids, cfg)
+        datasets = training_datasets(features_uri, plan, cfg)
         stats = feature_stats(datasets["train"])
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -500,27 +540,31 @@ def run_training(
         )
         result = trainer.fit()
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = load_checkpoint_state(d)
         history = state["history"]
         best_epoch = int(state["early"]["best_epoch"]) if state["early"].get("best_epoch") is not None else state["epoch"]
         bundle = ModelBundle(
             state_dict=state["best_model"] or state["model"],
             fusion_config=load_config(FusionConfig, state["fusion_config"]),
-            extract=extract_cfg,
-            train={"config": to_dict(cfg), "features": tracking.redact(features_uri), "best_epoch": best_epoch, "run_id": run_id},
+            store=store_config,
+            train=TrainInfo(
+                config=to_dict(cfg), features=tracking.redact(features_uri), best_epoch=best_epoch, run_id=run_id,
+                datasets=plan.datasets, generated=generated, fakes=cfg.fakes,
+            ),
         )
-        model_path = bundle.save(out_dir / "raydf_model.pt")
+        model_path = bundle.save(out_dir / BUNDLE_FILE)
+        if bundle.warning:
+            log.warning("%s", bundle.warning)
 
-        evaluations = {}
-        if ids["test"]:
-            evaluations["test"] = predict_features(bundle, features_uri, ids["test"])
+        evaluations: dict[str, Predictions] = {}
+        if plan.keys["test"]:
+            evaluations[S.TEST] = predict_features(bundle, features_uri, plan.keys["test"], aggregation=cfg.aggregation)
         for tname, turi in (extra_test or {}).items():
-            evaluations[tname] = predict_features(bundle, turi, None)
-        test_metrics = {}
+            evaluations[tname] = predict_features(bundle, turi, None, aggregation=cfg.aggregation)
         if track and full_report:
             from raydf.report import log_training_report
 
-            test_metrics = log_training_report(bundle, history, evaluations, features_uri, ids, out_dir)
+            test_metrics = log_training_report(bundle, model_path, history, evaluations, out_dir)
         else:
             from raydf.evaluate import compute_metrics
 
@@ -535,11 +579,12 @@ def run_training(
             model_path=model_path,
             history=history,
             test_metrics=test_metrics,
-            splits={k: len(v) for k, v in ids.items()},
-            excluded=excluded,
+            splits=counts,
+            excluded=plan.excluded,
             storage_path=str(Path(storage_path) / name),
             best_epoch=best_epoch,
-            resumed_from=int(result.metrics.get("resumed_from", -1)),
+            resumed_from=int(result.metrics.get(S.RESUMED_FROM, -1)),
+            aggregation=cfg.aggregation,
         )
     finally:
         if track:

@@ -24,6 +24,7 @@ than adding a second one.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -38,6 +39,7 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from raydf import schema as S
 from raydf.config import TrainConfig, load_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -51,12 +53,14 @@ __all__ = [
     "run_sweep",
     "resume_sweep",
     "read_sweep_spec",
+    "SweepSpec",
 ]
 
-METRIC, MODE = "val_loss", "min"  # ASHA's rungs: the recipe's early stopping watches the same
+METRIC, MODE = S.VAL_LOSS, "min"  # ASHA's rungs: the recipe's early stopping watches the same
 TIME_ATTR = "epochs"  # epochs trained (1-based): survives a resumed trial, unlike training_iteration
 TRIAL_DONE = "trial_completed"  # in a trial's last report once its training and test evaluation ended
-RANK_METRIC = "best_val_loss"  # the best trial: lowest validation loss of its best epoch
+RANK_METRIC = S.BEST_VAL_LOSS
+TEST_AUC = S.eval_metric(S.TEST, S.ROC_AUC)  # the best trial: lowest validation loss of its best epoch
 TRIAL_CPUS = 0.1  # the trial function only waits on its TorchTrainer; Tune rejects 0
 DATA_CPUS = 1.0  # left to the Ray Data tasks that read and standardise the features
 SWEEP_FILE = "raydf_sweep.json"
@@ -194,23 +198,64 @@ def _fs(path: str):  # noqa: ANN202 - (pyarrow.fs.FileSystem, str)
     return pafs.FileSystem.from_uri(path)
 
 
-def _write_spec(experiment_path: str, spec: dict[str, Any]) -> None:
-    fs, p = _fs(experiment_path)
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep needs to run and to resume (``raydf_sweep.json``). URIs carry no credentials:
+    user info is stripped (credentials travel in the environment)."""
+
+    name: str
+    path: str  # <storage>/<name>, Tune's experiment dir
+    features: str  # the extraction Parquet
+    base: dict[str, Any]  # the TrainConfig every trial starts from
+    space: str  # tune_spaces module name, or "custom"
+    tracking_uri: str | None  # None when not tracked
+    track: bool
+    experiment: str
+    tags: dict[str, str]
+    full_report: bool
+    trial_cpus: float
+    max_concurrent: int
+    expected_trials: int
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+    attempts: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepSpec:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _write_spec(spec: SweepSpec) -> None:
+    fs, p = _fs(spec.path)
     fs.create_dir(p, recursive=True)
     with fs.open_output_stream(f"{p}/{SWEEP_FILE}") as f:
-        f.write(json.dumps(spec, indent=2, sort_keys=True).encode())
+        f.write(spec.to_json().encode())
 
 
-def read_sweep_spec(experiment_path: str) -> dict[str, Any]:
-    """The ``raydf_sweep.json`` of a sweep (features, base config, MLflow parent run, ...)."""
+def read_sweep_spec(experiment_path: str) -> SweepSpec:
+    """The ``raydf_sweep.json`` of a sweep (features, base config, MLflow parent run, ...).
+
+    Raises:
+        FileNotFoundError: not a raydf sweep.
+        ValueError: the file is not a sweep spec (malformed JSON or missing keys).
+    """
     import pyarrow as pa
 
     fs, p = _fs(experiment_path)
     try:
         with fs.open_input_stream(f"{p}/{SWEEP_FILE}") as f:
-            return json.loads(f.read().decode())
+            text = f.read().decode()
     except (FileNotFoundError, pa.ArrowIOError) as exc:
         raise FileNotFoundError(f"{experiment_path} is not a raydf sweep (no {SWEEP_FILE})") from exc
+    try:
+        return SweepSpec.from_json(text)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{experiment_path}/{SWEEP_FILE} is not a raydf sweep spec: {exc}") from exc
 
 
 # ---- the trial ----------------------------------------------------------------------------------------
@@ -218,38 +263,37 @@ class EpochReportCallback(TuneReportCallback):
     """Tune's ``TuneReportCallback``, plus ``epochs`` (epochs trained, ASHA's time attribute)."""
 
     def after_report(self, run_context, metrics, checkpoint) -> None:  # noqa: ANN001 - Ray Train's types
-        metrics = [{**m, TIME_ATTR: int(m["epoch"]) + 1} if "epoch" in m else m for m in metrics]
+        metrics = [{**m, TIME_ATTR: int(m[S.EPOCH]) + 1} if S.EPOCH in m else m for m in metrics]
         super().after_report(run_context, metrics, checkpoint)
 
 
-def _fit_trial(cfg_dict: dict[str, Any], trial_id: str, spec: dict[str, Any], callback: EpochReportCallback) -> dict[str, float]:
+def _fit_trial(cfg_dict: dict[str, Any], trial_id: str, spec: SweepSpec, callback: EpochReportCallback) -> dict[str, float]:
     """The trial's Ray Train run (a task of the trial, see :func:`_trial`); returns its final report."""
     import numpy as np
 
-    from raydf.report import METRIC_KEYS
     from raydf.train import run_training
 
     result = run_training(
-        spec["features"],
+        spec.features,
         load_config(TrainConfig, cfg_dict),
-        storage_path=_join(spec["path"], TRAIN_DIR),
+        storage_path=_join(spec.path, TRAIN_DIR),
         name=f"trial-{trial_id}",
-        tracking_uri=spec["tracking_uri"],
-        track=spec["track"],
-        tags={**spec["tags"], TAG_TRIAL: trial_id, TAG_SWEEP: spec["name"]},
+        tracking_uri=spec.tracking_uri,
+        track=spec.track,
+        tags={**spec.tags, TAG_TRIAL: trial_id, TAG_SWEEP: spec.name},
         callbacks=[callback],
-        experiment=spec["experiment"],
-        parent_run_id=spec["parent_run_id"],
-        run_key=f"{spec['parent_run_id'] or spec['path']}/{trial_id}",
-        full_report=spec["full_report"],
+        experiment=spec.experiment,
+        parent_run_id=spec.parent_run_id,
+        run_key=f"{spec.parent_run_id or spec.path}/{trial_id}",
+        full_report=spec.full_report,
     )
     final = {k: float(v) for k, v in result.history[-1].items()}
     for split, m in result.test_metrics.items():
-        final.update({f"{split}_{k}": float(m[k]) for k in METRIC_KEYS if np.isfinite(m[k])})
-    return {**final, TIME_ATTR: int(final["epoch"]) + 1, TRIAL_DONE: 1}
+        final.update({S.eval_metric(split, k): float(m[k]) for k in S.EVAL_METRICS if np.isfinite(m[k])})
+    return {**final, TIME_ATTR: int(final[S.EPOCH]) + 1, TRIAL_DONE: 1}
 
 
-def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
+def _trial(config: dict[str, Any], spec: SweepSpec) -> None:
     """One Tune trial: the base config with this trial's params, trained by a TorchTrainer.
 
     The TorchTrainer runs in a zero-CPU task of the trial that knows its cluster's address
@@ -268,7 +312,7 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = apply_params(load_config(TrainConfig, spec["base"]), config)
+    cfg = apply_params(load_config(TrainConfig, spec.base), config)
     callback = EpochReportCallback()  # made here, in the Tune session whose queue it feeds
     env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit_trial).options(runtime_env={"env_vars": env})
@@ -279,10 +323,10 @@ def _trial_dirname(trial) -> str:  # noqa: ANN001 - ray.tune.experiment.Trial
     return f"trial-{trial.trial_id}"
 
 
-def _trainable(spec: dict[str, Any]):  # noqa: ANN202 - a Tune trainable
+def _trainable(spec: SweepSpec):  # noqa: ANN202 - a Tune trainable
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(_trial, spec=spec), {"cpu": spec["trial_cpus"]})
+    return tune.with_resources(tune.with_parameters(_trial, spec=spec), {"cpu": spec.trial_cpus})
 
 
 # ---- results --------------------------------------------------------------------------------------------
@@ -317,7 +361,9 @@ class SweepResult:
             out.append(f"best trial {self.best_trial_id}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.best_metrics.items()))
             out.append("best config: " + json.dumps(self.best_config, sort_keys=True, default=str))
         if self.parent_run_id:
-            out.append(f"mlflow parent run: {self.parent_run_id} (experiment {self.experiment_id}, {self.tracking_uri})")
+            from raydf.tracking import redact
+
+            out.append(f"mlflow parent run: {self.parent_run_id} (experiment {self.experiment_id}, {redact(self.tracking_uri or '')})")
         return out
 
 
@@ -350,28 +396,28 @@ def _table(grid, statuses: dict[str, str], child_runs: dict[str, Any]):  # noqa:
         m = result.metrics or {}
         tid = _trial_id(result)
         status = _status(result, statuses.get(tid, "PENDING"))
-        best_epoch = m.get("best_epoch")
+        best_epoch = m.get(S.BEST_EPOCH)
         at_best: dict[str, Any] = {}
         df = result.metrics_dataframe
-        if df is not None and len(df) and best_epoch is not None and "epoch" in df:
-            hit = df[df["epoch"] == best_epoch]
+        if df is not None and len(df) and best_epoch is not None and S.EPOCH in df:
+            hit = df[df[S.EPOCH] == best_epoch]
             if len(hit):
                 at_best = hit.iloc[-1].to_dict()
-        if not at_best and best_epoch is not None and m.get("epoch") == best_epoch:
+        if not at_best and best_epoch is not None and m.get(S.EPOCH) == best_epoch:
             at_best = m
         row = {
             "trial_id": tid,
             "status": status,
             "epochs": int(m.get(TIME_ATTR, 0) or 0),
-            "best_epoch": best_epoch,
+            S.BEST_EPOCH: best_epoch,
             RANK_METRIC: m.get(RANK_METRIC, np.nan),
-            "val_auc": at_best.get("val_auc", np.nan),
-            "val_acc": at_best.get("val_acc", np.nan),
-            "last_val_loss": m.get("val_loss", np.nan),
+            S.VAL_AUC: at_best.get(S.VAL_AUC, np.nan),
+            S.VAL_ACC: at_best.get(S.VAL_ACC, np.nan),
+            "last_val_loss": m.get(S.VAL_LOSS, np.nan),
         }
         row.update({f"config/{k}": v for k, v in _flat(result.config or {}).items()})
         run = child_runs.get(tid)
-        row["test_roc_auc"] = m.get("test_roc_auc", run.data.metrics.get("test_roc_auc", np.nan) if run is not None else np.nan)
+        row[TEST_AUC] = m.get(TEST_AUC, run.data.metrics.get(TEST_AUC, np.nan) if run is not None else np.nan)
         row["mlflow_run_id"] = run.info.run_id if run is not None else None
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -388,7 +434,7 @@ def _best(table, grid) -> tuple[str | None, dict[str, Any], dict[str, float]]:  
         return None, {}, {}
     row = ok.iloc[0]
     config = next((r.config for r in grid if _trial_id(r) == row["trial_id"]), {}) or {}
-    metrics = {k: float(row[k]) for k in (RANK_METRIC, "val_auc", "val_acc", "best_epoch", "test_roc_auc") if row[k] is not None and np.isfinite(float(row[k]))}
+    metrics = {k: float(row[k]) for k in (RANK_METRIC, S.VAL_AUC, S.VAL_ACC, S.BEST_EPOCH, TEST_AUC) if row[k] is not None and np.isfinite(float(row[k]))}
     return str(row["trial_id"]), dict(config), metrics
 
 
@@ -400,26 +446,26 @@ def _client(uri: str):  # noqa: ANN202 - mlflow.MlflowClient
     return mlflow.MlflowClient(uri)
 
 
-def _start_parent(spec: dict[str, Any], artifact_location: str | None, settings: dict[str, Any]) -> tuple[str, str]:
+def _start_parent(spec: SweepSpec, artifact_location: str | None, settings: dict[str, Any]) -> tuple[str, str]:
     """Create the sweep's parent run; returns (experiment id, run id)."""
     from mlflow.entities import Param
 
     from raydf import tracking
 
-    client = _client(spec["tracking_uri"])
-    exp = tracking.get_or_create_experiment(spec["experiment"], artifact_location)
+    client = _client(spec.tracking_uri)
+    exp = tracking.get_or_create_experiment(spec.experiment, artifact_location)
     if artifact_location and client.get_experiment(exp).artifact_location.rstrip("/") != artifact_location.rstrip("/"):
         log.warning("experiment %r exists with artifacts at %s; --artifact-location %s ignored",
-                    spec["experiment"], client.get_experiment(exp).artifact_location, artifact_location)
+                    spec.experiment, client.get_experiment(exp).artifact_location, artifact_location)
     tags = {
         TAG_STAGE: "tune",
-        TAG_SWEEP: spec["name"],
-        TAG_PATH: tracking.redact(spec["path"]),
+        TAG_SWEEP: spec.name,
+        TAG_PATH: tracking.redact(spec.path),
         TAG_STATE: "running",
-        **spec["tags"],
+        **spec.tags,
     }
-    run = client.create_run(exp, run_name=spec["name"], tags=tags)
-    items = list(tracking.safe_params({"sweep": settings, "base": spec["base"]}).items())
+    run = client.create_run(exp, run_name=spec.name, tags=tags)
+    items = list(tracking.safe_params({"sweep": settings, "base": spec.base}).items())
     for i in range(0, len(items), 100):  # MLflow's batch limit
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
     return exp, run.info.run_id
@@ -430,7 +476,7 @@ def _child_runs(client, experiment_id: str, parent_run_id: str) -> dict[str, Any
     return {r.data.tags[TAG_TRIAL]: r for r in runs if TAG_TRIAL in r.data.tags}
 
 
-def _finish_mlflow(client, spec: dict[str, Any], result: SweepResult, attempt: int) -> None:  # noqa: ANN001
+def _finish_mlflow(client, spec: SweepSpec, result: SweepResult, attempt: int) -> None:  # noqa: ANN001
     """Close the children ASHA stopped (or that failed), put the best trial on the parent."""
     import tempfile
 
@@ -438,7 +484,7 @@ def _finish_mlflow(client, spec: dict[str, Any], result: SweepResult, attempt: i
 
     from raydf import tracking
 
-    parent = spec["parent_run_id"]
+    parent = spec.parent_run_id
     children = _child_runs(client, result.experiment_id, parent)
     for _, row in result.table.iterrows():
         run = children.get(row["trial_id"])
@@ -469,7 +515,7 @@ def _finish_mlflow(client, spec: dict[str, Any], result: SweepResult, attempt: i
         tags.update({k: best_run.data.tags[k] for k in COPIED_TAGS if k in best_run.data.tags})
         tags.update({"best_trial_id": result.best_trial_id, "best_run_id": best_run.info.run_id})
         for k, v in best_run.data.metrics.items():
-            if k.startswith("test_"):
+            if k.startswith(S.eval_metric(S.TEST, "")):
                 metrics[k] = v
     client.log_batch(
         parent,
@@ -561,32 +607,30 @@ def run_sweep(
     if not ray.is_initialized():
         ray.init()
     concurrency = max_concurrent or max_concurrent_trials(base, trial_cpus=trial_cpus)
-    spec = {
-        "name": name,
-        "path": path,
-        "features": features_uri,
-        "base": to_dict(base),
-        "space": space if isinstance(space, str) else "custom",
-        "tracking_uri": tracking.resolve_tracking_uri(tracking_uri) if track else None,
-        "track": track,
-        "experiment": experiment or tracking.TUNE_EXPERIMENT,
-        "tags": dict(tags or {}),
-        "parent_run_id": None,
-        "experiment_id": None,
-        "full_report": full_report,
-        "trial_cpus": trial_cpus,
-        "max_concurrent": concurrency,
-        "expected_trials": _count_trials(param_space, num_samples),
-        "attempts": 1,
-    }
+    spec = SweepSpec(
+        name=name,
+        path=path,
+        features=tracking.strip_userinfo(features_uri),
+        base=to_dict(base),
+        space=space if isinstance(space, str) else "custom",
+        tracking_uri=tracking.strip_userinfo(tracking.resolve_tracking_uri(tracking_uri)) if track else None,
+        track=track,
+        experiment=experiment or tracking.TUNE_EXPERIMENT,
+        tags=dict(tags or {}),
+        full_report=full_report,
+        trial_cpus=trial_cpus,
+        max_concurrent=concurrency,
+        expected_trials=_count_trials(param_space, num_samples),
+    )
     settings = {
-        "space": spec["space"], "num_samples": num_samples, "max_concurrent": concurrency, "grace_period": grace_period,
+        "space": spec.space, "num_samples": num_samples, "max_concurrent": concurrency, "grace_period": grace_period,
         "reduction_factor": reduction_factor, "seed": seed, "metric": METRIC, "time_attr": TIME_ATTR,
         "features": tracking.redact(features_uri), "storage": tracking.redact(path),
     }  # fmt: skip
     if track:
-        spec["experiment_id"], spec["parent_run_id"] = _start_parent(spec, artifact_location, settings)
-    _write_spec(path, spec)
+        experiment_id, parent_run_id = _start_parent(spec, artifact_location, settings)
+        spec = dataclasses.replace(spec, experiment_id=experiment_id, parent_run_id=parent_run_id)
+    _write_spec(spec)
     log.info("sweep %s: %d samples, %d trials at a time, storage %s", name, num_samples, concurrency, path)
 
     tuner = tune.Tuner(
@@ -627,18 +671,18 @@ def resume_sweep(path: str, *, tracking_uri: str | None = None) -> SweepResult:
     t0 = time.perf_counter()
     path = _abs_storage(path)
     spec = read_sweep_spec(path)
-    if tracking_uri and spec["track"]:
+    if tracking_uri and spec.track:
         from raydf import tracking
 
-        spec["tracking_uri"] = tracking.resolve_tracking_uri(tracking_uri)
-    spec["attempts"] = int(spec.get("attempts", 1)) + 1
-    _write_spec(path, spec)
+        spec = dataclasses.replace(spec, tracking_uri=tracking.strip_userinfo(tracking.resolve_tracking_uri(tracking_uri)))
+    spec = dataclasses.replace(spec, attempts=spec.attempts + 1)
+    _write_spec(spec)
     if not ray.is_initialized():
         ray.init()
-    if spec["track"] and spec["parent_run_id"]:
-        client = _client(spec["tracking_uri"])
-        client.update_run(spec["parent_run_id"], status="RUNNING")
-        client.set_tag(spec["parent_run_id"], TAG_STATE, "running")
+    if spec.track and spec.parent_run_id:
+        client = _client(spec.tracking_uri)
+        client.update_run(spec.parent_run_id, status="RUNNING")
+        client.set_tag(spec.parent_run_id, TAG_STATE, "running")
     tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=False)
     tuner.fit()
     return _finish(spec, t0)
@@ -665,16 +709,16 @@ def _count_trials(space: Mapping[str, Any], num_samples: int) -> int:
     return n
 
 
-def _finish(spec: dict[str, Any], t0: float) -> SweepResult:
-    grid, statuses = _saved_results(spec["path"])
-    finished = len(statuses) >= int(spec["expected_trials"]) and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
-    client = _client(spec["tracking_uri"]) if spec["track"] else None
-    children = _child_runs(client, spec["experiment_id"], spec["parent_run_id"]) if client and spec["parent_run_id"] else {}
+def _finish(spec: SweepSpec, t0: float) -> SweepResult:
+    grid, statuses = _saved_results(spec.path)
+    finished = len(statuses) >= int(spec.expected_trials) and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
+    client = _client(spec.tracking_uri) if spec.track else None
+    children = _child_runs(client, spec.experiment_id, spec.parent_run_id) if client and spec.parent_run_id else {}
     table = _table(grid, statuses, children)
     best_id, best_config, best_metrics = _best(table, grid)
     result = SweepResult(
-        name=spec["name"],
-        path=spec["path"],
+        name=spec.name,
+        path=spec.path,
         table=table,
         best_trial_id=best_id,
         best_config=best_config,
@@ -682,14 +726,14 @@ def _finish(spec: dict[str, Any], t0: float) -> SweepResult:
         stopped_early=sorted(table.loc[table["status"] == STOPPED, "trial_id"]) if len(table) else [],
         finished=finished,
         wall_s=time.perf_counter() - t0,
-        parent_run_id=spec["parent_run_id"],
-        tracking_uri=spec["tracking_uri"],
-        experiment_id=spec["experiment_id"],
-        max_concurrent=int(spec["max_concurrent"]),
+        parent_run_id=spec.parent_run_id,
+        tracking_uri=spec.tracking_uri,
+        experiment_id=spec.experiment_id,
+        max_concurrent=int(spec.max_concurrent),
         child_run_ids={k: r.info.run_id for k, r in children.items()},
     )
-    if client is not None and spec["parent_run_id"]:
-        _finish_mlflow(client, spec, result, int(spec.get("attempts", 1)) - 1)
+    if client is not None and spec.parent_run_id:
+        _finish_mlflow(client, spec, result, spec.attempts - 1)
     for line in result.lines():
         log.info("%s", line)
     return result

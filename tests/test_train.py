@@ -18,7 +18,8 @@ import torch
 
 from raydf import schema as S
 from raydf.config import TrainConfig, load_config, to_dict
-from raydf.train import assign_splits, run_epoch
+from raydf.splits import assign_splits, plan_splits
+from raydf.train import run_epoch
 
 SMALL_MODEL = {"gru_hidden": 64, "d_model": 64, "transformer_heads": 4, "ff_dim": 128, "fc_hidden": 32, "transformer_layers": 1}
 
@@ -31,9 +32,10 @@ def small_train_cfg(**overrides) -> TrainConfig:
 
 
 # ---- planning (no Ray) -----------------------------------------------------------------------------
-def _index(rows):
+def _index(rows, tracks=None):
     return pa.Table.from_pylist(
-        [{S.VIDEO_ID: v, S.LABEL: l, S.SPLIT: sp, S.SOURCE_ID: src, S.DATASET: "d", S.METHOD: "", S.STATUS: st, S.FACE_VALID: fv}
+        [{S.VIDEO_ID: v, S.TRACK_ID: (tracks or {}).get(v, 0), S.LABEL: l, S.SPLIT: sp, S.SOURCE_ID: src, S.DATASET: "d",
+          S.METHOD: ("self_blend" if v.endswith("/self_blend") else ("m" if l else "")), S.META: "{}", S.STATUS: st, S.FACE_VALID: fv}
          for v, l, sp, src, st, fv in rows]
     )
 
@@ -51,7 +53,32 @@ def test_splits_by_source_never_share_a_source():
     assert all(len(s) == 1 for s in by_source.values())
     counts = {s: sum(1 for x in assignment.values() if x == s) for s in S.SPLITS}
     assert counts == {"train": 30, "val": 15, "test": 15}
-    assert excluded == {"error": 0, "few_faces": 0, "other_method": 0}
+    assert excluded == {"error": 0, "few_faces": 0, "other_method": 0, "pseudo_fake": 0}
+
+
+def test_tracks_of_a_video_and_its_pseudo_fake_share_its_split():
+    rows, tracks = [], {}
+    for s in range(12):
+        rows.append((f"r{s}", 0, "", f"r{s}", "ok", [True] * 8))
+        rows.append((f"r{s}", 0, "", f"r{s}", "ok", [True] * 8))  # track 1 of the same video
+        rows.append((f"r{s}/self_blend", 1, "", f"r{s}", "ok", [True] * 8))
+        rows.append((f"f{s}", 1, "", f"r{s}", "ok", [True] * 8))
+    index = _index(rows)
+    index = index.set_column(1, S.TRACK_ID, pa.array([int(i % 4 == 1) for i in range(len(rows))], pa.int32()))
+    plan = plan_splits(index, small_train_cfg(fakes="both"))
+    split_of = {}
+    for split, keys in plan.keys.items():
+        for vid, _ in keys:
+            split_of.setdefault(vid.split("/")[0].lstrip("rf"), set()).add(split)
+    assert all(len(s) == 1 for s in split_of.values())
+    assert ("r0", 1) in {k for keys in plan.keys.values() for k in keys}
+    # pseudo-fakes train only: evaluation uses the dataset's fakes where there are any
+    assert all(not v.endswith("/self_blend") for split in ("val", "test") for v, _ in plan.keys[split])
+    assert any(v.endswith("/self_blend") for v, _ in plan.keys["train"]) and not plan.pseudo_val
+    only_pseudo = plan_splits(index, small_train_cfg(fakes="pseudo"))
+    assert all(not v.startswith("f") for v, _ in only_pseudo.keys["train"])
+    dataset_only = plan_splits(index, small_train_cfg())
+    assert all(not v.endswith("/self_blend") for keys in dataset_only.keys.values() for v, _ in keys)
 
 
 def test_manifest_splits_are_kept_and_bad_rows_excluded():
@@ -64,7 +91,7 @@ def test_manifest_splits_are_kept_and_bad_rows_excluded():
     ]
     assignment, excluded = assign_splits(_index(rows), small_train_cfg())
     assert assignment == {"a": "train", "b": "test", "c": "val"}
-    assert excluded == {"error": 1, "few_faces": 1, "other_method": 0}
+    assert excluded == {"error": 1, "few_faces": 1, "other_method": 0, "pseudo_fake": 0}
 
 
 def _toy_batches(n=32, t=8, k=1, seed=0):
@@ -148,27 +175,28 @@ def test_mlflow_run_has_params_metrics_model_dataset_and_plots(trained, extracte
 
 
 @pytest.mark.integration
-def test_logged_model_reloads_with_the_same_predictions(trained, extracted):
+def test_logged_model_reloads_with_the_same_predictions_without_a_pickle(trained, extracted):
     import mlflow
 
-    from raydf.predict import ModelBundle, PackedFusion, predict_features
+    from raydf.bundle import ModelBundle
+    from raydf.mlflow_model import pack
+    from raydf.scoring import predict_features
+    from raydf.store import FeatureStore
 
     result, tracking_uri, _ = trained
     mlflow.set_tracking_uri(tracking_uri)
-    loaded = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
     bundle = ModelBundle.load(result.model_path)
     pred = predict_features(bundle, str(extracted.features), None)
-    from raydf.store import FeatureStore
-
-    t = FeatureStore(str(extracted.features)).read([S.VIDEO_ID, S.CONTENT, S.STYLE, S.FACE_VALID])
-    order = {v: i for i, v in enumerate(t.column(S.VIDEO_ID).to_pylist())}
+    t = FeatureStore(str(extracted.features)).read([S.VIDEO_ID, S.TRACK_ID, S.CONTENT, S.STYLE, S.FACE_VALID])
+    order = {v: i for i, (v, tr) in enumerate(zip(t.column(S.VIDEO_ID).to_pylist(), t.column(S.TRACK_ID).to_pylist())) if tr == 0}
     idx = [order[v] for v in pred.ids]
-    packed = PackedFusion.pack(S.stack_column(t, S.CONTENT)[idx], S.stack_column(t, S.STYLE)[idx], S.stack_column(t, S.FACE_VALID)[idx])
-    with torch.inference_mode():
-        probs = loaded(torch.from_numpy(packed)).numpy()
-    np.testing.assert_allclose(probs, pred.probs, atol=1e-6)
+    packed = pack(S.stack_column(t, S.CONTENT)[idx], S.stack_column(t, S.STYLE)[idx], S.stack_column(t, S.FACE_VALID)[idx])
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
     np.testing.assert_allclose(np.asarray(pyfunc.predict(packed)).reshape(-1), pred.probs, atol=1e-6)
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/model"))
+    assert not list(local.rglob("*.pkl")), "the logged model must not be a pickle"
+    reqs = (local / "requirements.txt").read_text()
+    assert "raydf==" in reqs and "torch==" in reqs
 
 
 @pytest.mark.integration
@@ -191,13 +219,15 @@ def test_detect_matches_the_logged_probability_and_rejects_non_videos(trained, e
     res = json.loads(out.stdout)
     assert 0.0 <= res["fake_probability"] <= 1.0
     assert abs(res["fake_probability"] - float(row["fake_probability"])) < 1e-5
-    assert res["model"].startswith("runs:/") and result.run_id in res["model"]
+    assert res["model"]["source"].startswith("runs:/") and result.run_id in res["model"]["source"]
+    assert res["schema"] == "raydf.detect/1" and res["faces"][0]["track_id"] == 0
+    assert "not meaningful" in res["model"]["warning"]  # random extractors, generated data
 
     bad = tmp_path / "notes.mp4"
     bad.write_text("not a video at all\n")
     out = subprocess.run([sys.executable, "-m", "raydf.cli", "detect", str(bad), "--model", str(result.model_path)], env=env,
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "cannot decode video" in out.stderr and "notes.mp4" in out.stderr
 
 
@@ -317,7 +347,8 @@ def test_model_reaches_auc_09_on_videos_of_another_seed(extracted, heldout, tmp_
 @pytest.mark.slow
 def test_cross_family_auc_is_reported(extracted, heldout, tmp_path):
     from raydf.evaluate import compute_metrics
-    from raydf.predict import ModelBundle, predict_features
+    from raydf.bundle import ModelBundle
+    from raydf.scoring import predict_features
     from raydf.train import run_training
 
     cfg = load_config(TrainConfig, {"max_epochs": 15, "batch_size": 4, "lr": 3e-4, "num_workers": 2, "cpus_per_worker": 0.5,

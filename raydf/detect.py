@@ -1,0 +1,321 @@
+"""``raydf detect``: one clip scored by a trained model through the extraction's own per-video path.
+
+:class:`Detector` rebuilds the extractors a model was trained on (the same weights, checked
+by sha256, or the same seeded random init; the same precision where the device allows),
+runs :func:`raydf.extract.extract_one` -- the pipeline's two stages -- and applies the fusion
+classifier to every face track. A video's probability is the maximum over its tracks
+(DFDC's rule: a video is fake if any face in it is), so its score equals the one
+evaluation logged for the same file. The service (:mod:`raydf.serve`) runs the same two
+halves, :meth:`Detector.crop` and :meth:`Detector.score`, in two deployments.
+
+The result is one documented JSON object (:class:`DetectResult`, ``raydf detect --json``
+and ``POST /v1/detect``)::
+
+    {
+      "schema": "raydf.detect/1",
+      "video": "clip.mp4",
+      "fake_probability": 0.87,          # the video's score: max over face tracks
+      "label": "fake",                   # "fake" when fake_probability >= threshold
+      "threshold": 0.5,
+      "aggregation": "max",
+      "model": {"source": "runs:/.../bundle", "provenance": {"content": "...", "style": "..."},
+                "precision": "fp32", "warning": ""},
+      "faces": [{"track_id": 0, "fake_probability": 0.87, "track_score": 0.12,
+                 "boxes": [[x1, y1, x2, y2] | null, ...],   # per sampled frame, full-resolution pixels
+                 "valid": [true, ...], "probs": [0.99, ...]}],
+      "frames": [{"index": 0, "time_s": 0.0, "face_valid": true, "evidence": 0.03}, ...],
+      "notes": ["..."],                  # plain-words remarks (few faces, precision, tiny frames)
+      "timings": {"load_s": .., "read_s": .., "decode_s": .., "faces_s": .., "content_s": ..,
+                  "style_s": .., "classify_s": .., "total_s": ..},
+      "explanation": null | {...}        # raydf.explain, with --explain
+    }
+
+``frames[i].evidence`` is the deciding track's per-frame importance to the fake logit
+(integrated gradients over the style and content sequences, :mod:`raydf.explain`), null
+where the frame has no face.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from raydf import schema as S
+from raydf.bundle import BundleError, ExtractorMismatch, ModelBundle, resolve_model
+from raydf.extract import CropStage, ExtractError, FeatureStage, crop_one, expected_provenance, features_one
+from raydf.video import VideoDecodeError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DETECT_SCHEMA",
+    "TrackResult",
+    "FrameResult",
+    "ModelInfo",
+    "DetectResult",
+    "Detector",
+    "detect",
+    "frame_evidence",
+    "BundleError",
+]
+
+DETECT_SCHEMA = "raydf.detect/1"
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """One face track of the clip."""
+
+    track_id: int
+    fake_probability: float
+    track_score: float  # presence x mean box area (the main-face rule)
+    boxes: list[list[float] | None]  # per sampled frame; None where this face was not found
+    valid: list[bool]
+    probs: list[float]  # MTCNN probability per frame (0 where not found)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One sampled frame."""
+
+    index: int  # frame index in the decoded stream
+    time_s: float  # from the stream's pts
+    face_valid: bool  # the deciding track has a face here
+    evidence: float | None  # importance of this frame to the fake logit (None where no face)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    source: str
+    provenance: dict[str, str]
+    precision: str  # precision of the model's training features
+    warning: str  # plain words when scores of real videos are not meaningful; "" otherwise
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    """The answer of ``raydf detect`` and of the service (see the module docstring)."""
+
+    video: str
+    fake_probability: float
+    label: str
+    threshold: float
+    model: ModelInfo
+    faces: list[TrackResult]
+    frames: list[FrameResult]
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    aggregation: str = "max"
+    explanation: dict[str, Any] | None = None
+    schema: str = DETECT_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for a person."""
+        valid = np.mean(self.faces[0].valid) if self.faces else 0.0
+        return (
+            f"{self.video}: {self.label.upper()}  P(fake) = {self.fake_probability:.4f}  "
+            f"({len(self.faces)} face track{'s' if len(self.faces) != 1 else ''}, faces in {valid:.0%} of frames, "
+            f"{self.timings.get('total_s', 0.0):.1f}s)"
+        )
+
+
+class Detector:
+    """A model and its extractors, loaded once; scores clips.
+
+    Args:
+        bundle: the trained model.
+        source: where it came from (shown in results).
+        style_weights, content_weights: the extractor weight files the model's provenance names
+            (not needed for a random-init model).
+        device: where the features are computed (default: CUDA when available).
+
+    Raises:
+        ExtractorMismatch: the weights are missing or differ from the model's (sha256).
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        source: str,
+        *,
+        style_weights: str | None = None,
+        content_weights: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        t0 = time.perf_counter()
+        self.bundle, self.source = bundle, source
+        cfg = bundle.extract_config(style_weights=style_weights, content_weights=content_weights)
+        prov = expected_provenance(cfg)
+        if prov != bundle.store.provenance:
+            raise ExtractorMismatch(f"extractor weights differ from the model's: trained on {bundle.store.provenance}, given {prov}")
+        self.cfg = cfg
+        self.crop_stage = CropStage(replace(cfg, crop_threads=0))  # alone in the process: all cores
+        wanted = bundle.precision
+        precision = wanted
+        self.notes: list[str] = []
+        import torch
+
+        on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        if wanted == "fp16" and not on_cuda:
+            precision = "fp32"
+            self.notes.append("the model's features were computed in fp16 on a GPU; this machine computes fp32, so the probability may differ slightly from the one evaluation logged")
+        self.feature_stage = FeatureStage(cfg, prov, device, precision=precision)
+        self.model = bundle.model()
+        self.load_s = time.perf_counter() - t0
+
+    @classmethod
+    def from_model(cls, model: str | None = None, *, tracking_uri: str | None = None, **kwargs: Any) -> Detector:
+        """Resolve a model (path, ``runs:/``, ``models:/``, or the newest trained one) and load it."""
+        t0 = time.perf_counter()
+        bundle, source = resolve_model(model, tracking_uri)
+        det = cls(bundle, source, **kwargs)
+        det.load_s = time.perf_counter() - t0  # model resolution included
+        return det
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            source=self.source,
+            provenance=self.bundle.store.provenance.to_dict(),
+            precision=self.bundle.precision,
+            warning=self.bundle.warning,
+        )
+
+    def crop(self, video: str | bytes, name: str | None = None) -> list[dict[str, Any]]:
+        """CPU half: decode, sample and crop every face track (crop rows). Raises VideoDecodeError, ExtractError."""
+        return crop_one(self.crop_stage, video, name)
+
+    def features(self, crop_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Feature half: content and style features of every track (feature rows). Raises ExtractError."""
+        return features_one(self.feature_stage, crop_rows)
+
+    def classify(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """(n_tracks,) fake probabilities of feature rows."""
+        import torch
+
+        with torch.inference_mode():
+            content = torch.from_numpy(np.stack([np.asarray(r[S.CONTENT], np.float32) for r in rows]))  # (n, K, 2048)
+            style = torch.from_numpy(np.stack([np.asarray(r[S.STYLE], np.float32) for r in rows]))  # (n, T, 512)
+            valid = torch.from_numpy(np.stack([np.asarray(r[S.FACE_VALID], bool) for r in rows]))  # (n, T)
+            return torch.sigmoid(self.model(content, style, valid)).numpy().astype(np.float64)
+
+    def score(self, rows: list[dict[str, Any]], name: str, *, timings: dict[str, float] | None = None, explain: bool = False) -> DetectResult:
+        """Classify feature rows of one clip into a :class:`DetectResult`."""
+        t0 = time.perf_counter()
+        probs = self.classify(rows)
+        t_cls = time.perf_counter() - t0
+        best = int(np.argmax(probs))
+        prob = float(probs[best])
+        deciding = rows[best]
+        evidence = frame_evidence(self.model, deciding)
+        faces = [
+            TrackResult(
+                track_id=int(r[S.TRACK_ID]),
+                fake_probability=float(p),
+                track_score=float(r.get(S.TRACK_SCORE) or 0.0),
+                boxes=[[round(float(v), 2) for v in b] if ok else None for b, ok in zip(np.asarray(r[S.FACE_BOXES]).reshape(-1, 4), r[S.FACE_VALID])],
+                valid=[bool(v) for v in r[S.FACE_VALID]],
+                probs=[round(float(v), 6) for v in r[S.FACE_PROBS]],
+            )
+            for r, p in zip(rows, probs)
+        ]
+        times = np.asarray(deciding.get(S.FRAME_TIMES) if deciding.get(S.FRAME_TIMES) is not None else np.zeros(len(deciding[S.FACE_VALID])))
+        frames = [
+            FrameResult(index=int(i), time_s=round(float(t), 4), face_valid=bool(v), evidence=(round(float(e), 6) if v else None))
+            for i, t, v, e in zip(deciding[S.FRAME_INDICES], times, deciding[S.FACE_VALID], evidence)
+        ]
+        notes = list(self.notes)
+        valid_frac = float(np.mean(deciding[S.FACE_VALID]))
+        if valid_frac < self.bundle.fusion_config.min_valid_fraction:
+            notes.append(f"a face was found in only {valid_frac:.0%} of the sampled frames; the score is less reliable")
+        for r in rows:
+            if r.get(S.NOTE):
+                notes.append(r[S.NOTE])
+        if self.bundle.warning:
+            notes.append(self.bundle.warning)
+        explanation = None
+        if explain:
+            explanation = self.explain(deciding)
+        main = rows[0]
+        stage = {
+            "read_s": float(main.get(S.T_READ) or 0.0),
+            "decode_s": float(main.get(S.T_DECODE) or 0.0),
+            "faces_s": float(main.get(S.T_FACES) or 0.0),
+            "content_s": float(sum(r.get(S.T_CONTENT) or 0.0 for r in rows)),
+            "style_s": float(sum(r.get(S.T_STYLE) or 0.0 for r in rows)),
+            "classify_s": t_cls,
+        }
+        return DetectResult(
+            video=name,
+            fake_probability=prob,
+            label="fake" if prob >= self.bundle.threshold else "real",
+            threshold=self.bundle.threshold,
+            model=self.model_info,
+            faces=faces,
+            frames=frames,
+            timings={**stage, **(timings or {})},
+            notes=list(dict.fromkeys(notes)),
+            explanation=explanation,
+        )
+
+    def explain(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Where and when (heat maps on the crops of the most important frames); see raydf.explain."""
+        return None
+
+    def __call__(self, video: str | bytes, name: str | None = None, *, explain: bool = False) -> DetectResult:
+        t0 = time.perf_counter()
+        label = _name(video, name)
+        rows = self.features(self.crop(video, label))
+        result = self.score(rows, label, explain=explain)
+        result.timings["load_s"] = self.load_s
+        result.timings["total_s"] = time.perf_counter() - t0
+        return result
+
+
+def frame_evidence(model: Any, row: dict[str, Any]) -> np.ndarray:
+    """(T,) importance of each sampled frame to the fake logit of one track (0 where no face).
+
+    Gradient x input of the logit w.r.t. the style sequence, summed over the 512 dimensions.
+    """
+    import torch
+
+    content = torch.from_numpy(np.asarray(row[S.CONTENT], np.float32)[None])  # (1, K, 2048)
+    style = torch.from_numpy(np.asarray(row[S.STYLE], np.float32)[None]).requires_grad_(True)  # (1, T, 512)
+    valid = torch.from_numpy(np.asarray(row[S.FACE_VALID], bool)[None])  # (1, T)
+    with torch.enable_grad():
+        logit = model(content, style, valid)[0]
+        (grad,) = torch.autograd.grad(logit, style)
+    score = (grad * style).sum(-1)[0].detach().numpy()  # (T,)
+    return np.where(valid[0].numpy(), score, 0.0)
+
+
+def _name(video: str | bytes, name: str | None) -> str:
+    return name or ("<upload>" if isinstance(video, (bytes, bytearray, memoryview)) else str(video))
+
+
+def detect(
+    video: str,
+    *,
+    model: str | None = None,
+    tracking_uri: str | None = None,
+    style_weights: str | None = None,
+    content_weights: str | None = None,
+    explain: bool = False,
+) -> DetectResult:
+    """Score one clip with a trained model (see :class:`Detector`).
+
+    Raises (with ``raydf detect``'s exit codes):
+        NoModelError: no model where one was looked for (exit code 3).
+        ExtractorMismatch, WeightsError: the model's extractors cannot be rebuilt (exit code 4).
+        VideoDecodeError, ExtractError, BundleError: bad input (exit code 2).
+    """
+    det = Detector.from_model(model, tracking_uri=tracking_uri, style_weights=style_weights, content_weights=content_weights)
+    return det(video, explain=explain)
+
