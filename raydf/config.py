@@ -57,11 +57,19 @@ class VideoConfig:
     """Frame sampling."""
 
     num_frames: int = 32  # report: T=32 for FaceForensics++ (64 for Celeb-DF)
-    backend: str = "auto"  # "opencv", "pyav" or "auto" (OpenCV, PyAV fallback)
+    backend: str = "auto"  # "auto" (PyAV, OpenCV if PyAV cannot read the file), "pyav", or "opencv"
+    # (OpenCV's pixels, checked against PyAV's; see raydf.video)
+    max_pixels: int = 7680 * 4320  # 8K UHD, the largest consumer recording size; T=32 RGB frames of it are 3.2 GB
+    max_duration_s: float = 2 * 3600.0  # a feature film; longer is a stream dump or a broken header
+    seek: bool = True  # decode only the keyframe intervals of the sampled frames (cost independent of length)
+    threads: int = 0  # decoder threads per video; 0 = FFmpeg's choice (one per core), 1 inside one-CPU actors
 
     def __post_init__(self) -> None:
         _check(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
         _check(self.backend in ("auto", "opencv", "pyav"), f"unknown video backend {self.backend!r}")
+        _check(self.max_pixels >= 1, f"max_pixels must be >= 1, got {self.max_pixels}")
+        _check(self.max_duration_s > 0, f"max_duration_s must be > 0, got {self.max_duration_s}")
+        _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
 
 
 @dataclass(frozen=True)
