@@ -74,24 +74,36 @@ class VideoConfig:
 
 @dataclass(frozen=True)
 class FaceConfig:
-    """MTCNN face cropping."""
+    """MTCNN face detection, face tracks and crops (raydf.faces)."""
 
     crop_size: int = 256  # report: 256x256 crops
     margin: float = 0.2  # report: 20% margin expansion (box scaled by 1 + margin)
-    detect_max_side: int = 640  # detect on a copy whose long side is at most this (0 = full res)
+    min_face_size: int = 40  # smallest face searched for, in full-resolution pixels at every frame size (MTCNN's
+    # first pyramid scale is 12 / this): DFDC's distant subjects are ~50-130 px; 20 (facenet's default) costs ~4x
     min_face_prob: float = 0.90  # MTCNN final-stage probability to accept a face
-    min_face_size: int = 20  # MTCNN's default minimum face size, in detection pixels (a floor)
-    min_face_frac: float = 0.125  # ignore faces smaller than this fraction of the short side: the
-    # pyramid then starts coarser (~3.6x faster at 640x480); dataset faces are far larger
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net defaults
-    detect_batch: int = 16  # frames per MTCNN call
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net defaults (facenet-pytorch)
+    min_frame_side: int = 20  # frames with a shorter side are not searched (centre crop + note): MTCNN's
+    # default minimum face; a smaller frame holds no face it can find
+    max_tracks: int = 1  # face tracks returned per video, main face first (the report crops one face per video)
+    link_distance: float = 1.0  # a detection joins a track if its centre is within this many box sizes of the
+    # track's last box: sampled frames of a 10 s clip are ~0.3 s apart, a head moves less than its width
+    link_size_ratio: float = 2.0  # ... and its side is within this factor of that box's: another person at
+    # another distance does not join
+    detect_batch: int = 16  # frames per MTCNN call (batched P/R/O-nets)
+    detect_batch_mb: int = 512  # and at most this many MB of summed-area tables per call (~12 B/pixel, 24 above 8 Mpx)
 
     def __post_init__(self) -> None:
         _check(self.crop_size >= 16, f"crop_size too small: {self.crop_size}")
         _check(0.0 <= self.margin <= 2.0, f"margin must be in [0, 2], got {self.margin}")
-        _check(self.detect_max_side >= 0, f"detect_max_side must be >= 0, got {self.detect_max_side}")
+        _check(self.min_face_size >= 12, f"min_face_size must be >= 12 (one P-Net window), got {self.min_face_size}")
         _check(0.0 <= self.min_face_prob <= 1.0, f"min_face_prob must be in [0, 1], got {self.min_face_prob}")
-        _check(0.0 <= self.min_face_frac < 1.0, f"min_face_frac must be in [0, 1), got {self.min_face_frac}")
+        _check(len(self.thresholds) == 3 and all(0.0 <= t <= 1.0 for t in self.thresholds),
+               f"thresholds must be three probabilities, got {self.thresholds}")  # fmt: skip
+        _check(self.min_frame_side >= 12, f"min_frame_side must be >= 12 (one P-Net window), got {self.min_frame_side}")
+        _check(self.max_tracks >= 1, f"max_tracks must be >= 1, got {self.max_tracks}")
+        _check(self.link_distance > 0, f"link_distance must be > 0, got {self.link_distance}")
+        _check(self.link_size_ratio >= 1.0, f"link_size_ratio must be >= 1, got {self.link_size_ratio}")
+        _check(self.detect_batch >= 1 and self.detect_batch_mb >= 1, "detect_batch and detect_batch_mb must be >= 1")
 
 
 @dataclass(frozen=True)
