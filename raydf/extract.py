@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -208,11 +208,16 @@ class CropStage:
         try:
             self.faults.decode(row[S.VIDEO_ID])
             # Local files are decoded in place; object-store bytes are spilled to tmpfs for OpenCV.
+            v = self.cfg.video
             video = read_video(
                 data if data is not None else local,
-                self.cfg.video.num_frames,
-                backend=self.cfg.video.backend,
+                v.num_frames,
+                backend=v.backend,
                 name=redact_uri(uri),
+                max_pixels=v.max_pixels,
+                max_duration_s=v.max_duration_s,
+                seek=v.seek,
+                threads=v.threads or self.cfg.crop_threads,  # one decoder thread per 1-CPU actor; 0: all cores
             )
         except VideoDecodeError as exc:
             base[S.T_DECODE] = time.perf_counter() - t1
@@ -415,32 +420,44 @@ class FeatureStage:
 
 @dataclass(frozen=True)
 class ExtractSummary:
-    """What an extraction run did and what the output now holds."""
+    """What an extraction run did and what the output now holds (for the manifest's videos)."""
 
-    output: str
+    output: str  # redacted
     total: int  # videos in the manifest
     processed: int  # videos processed by this run
-    skipped: int  # already ok in the output
-    ok: int  # rows with status ok in the output (for this manifest)
-    error: int
-    no_face: int  # ok rows without a single valid face
+    skipped: int  # already done in the output (same source identity, status ok)
+    ok: int  # videos whose main row is ok
+    error: int  # videos whose row is an error
+    no_face: int  # ok videos without a single valid face
+    tracks: int  # ok face-track rows (>= ok; more with faces.max_tracks > 1)
+    pseudo_fakes: int  # self-blended pseudo-fake rows
     wall_s: float
     videos_per_s: float
     stage_s: dict[str, float]  # mean per-video seconds of each stage (this run's rows)
     errors: dict[str, str]  # video_id -> error, for this manifest
-    provenance: dict[str, str]
+    provenance: Provenance
+    precision: str
+    files_skipped: dict[str, int] = field(default_factory=dict)  # reason -> files the manifest left out
+    files_skipped_lines: tuple[str, ...] = ()  # the same, in plain words with examples
+    epoch: int = 0  # the lease epoch this run wrote under
     mlflow_run_id: str | None = None
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k} {v:.3f}s" for k, v in self.stage_s.items())
-        return [
+        out = [
             f"output: {self.output}",
             f"videos: {self.total} in manifest, {self.processed} processed now, {self.skipped} already done",
-            f"status: ok {self.ok} | error {self.error} | no-face {self.no_face}",
+            f"status: ok {self.ok} | error {self.error} | no-face {self.no_face}"
+            + (f" | face tracks {self.tracks}" if self.tracks != self.ok else "")
+            + (f" | pseudo-fakes {self.pseudo_fakes}" if self.pseudo_fakes else ""),
             f"throughput: {self.videos_per_s:.3f} videos/s ({self.wall_s:.1f}s wall)",
             f"per-video stage times: {stages}",
-            f"provenance: content {self.provenance['content']} | style {self.provenance['style']}",
+            f"provenance: content {self.provenance.content} | style {self.provenance.style} | precision {self.precision}",
         ]
+        if self.files_skipped:
+            out.append(f"files left out of the manifest: {sum(self.files_skipped.values())} "
+                       f"({', '.join(f'{k} {v}' for k, v in sorted(self.files_skipped.items()))})")
+        return out
 
 
 def _blocks(manifest: pa.Table, max_actors: int) -> list[pa.Table]:
@@ -458,8 +475,13 @@ def run_extraction(
     tracking_uri: str | None = None,
     track: bool = True,
     manifest: pa.Table | None = None,
+    faults: FaultPlan | None = None,
 ) -> ExtractSummary:
     """Run the extraction job (connects to the running Ray cluster, or starts a local one).
+
+    The run holds the output's lease while it writes (a second run into the same output fails
+    fast naming the holder); a video counts as done only while its stored source identity
+    (URI, size, mtime or ETag) matches the input, so replaced files are extracted again.
 
     Args:
         input_uri: a dataset root (local or ``s3://``) in one of the layouts, or a manifest file.
@@ -468,77 +490,96 @@ def run_extraction(
         tracking_uri: MLflow store (default: :func:`raydf.tracking.default_tracking_uri`).
         track: log the run to MLflow.
         manifest: use this manifest instead of building one from ``input_uri``.
+        faults: test seam: videos for which a stage fails on purpose (:class:`raydf.faults.FaultPlan`).
 
     Raises:
-        ExtractConfigMismatch: ``output_uri`` holds features made with another config/weights.
-        ManifestError: the dataset's manifest files are malformed.
+        ExtractConfigMismatch: ``output_uri`` holds features made with another feature identity.
+        LeaseHeld: another live run holds ``output_uri``.
+        ManifestError: the dataset's manifest files are malformed, or ids repeat.
     """
+    import uuid
+
     import ray
 
-    from raydf.datasets import build_manifest
+    from raydf.datasets import SkipReport, build_manifest, check_unique_ids, skip_report
+    from raydf.features import resolve_precision
+    from raydf.faults import CrashLedger
     from raydf.sink import FeatureSink
+    from raydf.sources import manifest_identities, with_source_columns
     from raydf.store import FeatureStore
+    from raydf.video import decoder_identity
 
     cfg = cfg or ExtractConfig()
     t_start = time.perf_counter()
     if manifest is None:
-        manifest = build_manifest(
-            input_uri, cfg.layout, ffpp_compression=cfg.ffpp_compression, ffpp_methods=cfg.ffpp_methods
-        )
-    provenance = expected_provenance(cfg)
-    fconf = feature_config(cfg)
+        manifest = build_manifest(input_uri, cfg.layout, ffpp_compression=cfg.ffpp_compression, ffpp_methods=cfg.ffpp_methods)
+        skipped: SkipReport = skip_report(manifest)
+    else:
+        check_unique_ids(manifest, "manifest")
+        skipped = SkipReport()
+    feature_device = "cuda" if cfg.gpus_per_feature_actor else "cpu"
+    sconf = store_config(cfg, precision=resolve_precision(cfg, feature_device), decoder=decoder_identity(cfg.video.backend))
     store = FeatureStore(output_uri)
-    store.ensure_config(fconf, provenance)
-    store.compact()
-    done = store.done_ids()
-    todo = manifest.filter(pc.invert(pc.is_in(manifest[S.VIDEO_ID], pa.array(sorted(done), pa.string()))))
-    log.info("%d videos in manifest, %d already done, %d to process", manifest.num_rows, manifest.num_rows - todo.num_rows, todo.num_rows)
+    with store.acquire_lease() as lease:
+        store.ensure_config(lease, sconf.features.to_dict(), sconf.provenance.to_dict())
+        store.compact(lease)
+        identities = manifest_identities(manifest)
+        done = store.done(identities)
+        todo = manifest.filter(pc.invert(pc.is_in(manifest[S.VIDEO_ID], pa.array(sorted(done), pa.string()))))
+        todo = with_source_columns(todo, identities)
+        log.info("%d videos in manifest, %d already done, %d to process", manifest.num_rows, manifest.num_rows - todo.num_rows, todo.num_rows)
 
-    run_seq = time.time_ns()
-    t_pipe = time.perf_counter()
-    if todo.num_rows:
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, log_to_driver=True)
-        metadata = {
-            S.META_EXTRACT_CONFIG: json.dumps(fconf, sort_keys=True).encode(),
-            S.META_PROVENANCE: json.dumps(provenance, sort_keys=True).encode(),
-        }
-        ds = ray.data.from_arrow(_blocks(todo, cfg.crop_actors[1]))
-        ds = ds.map_batches(
-            CropStage,
-            fn_constructor_args=(cfg,),
-            batch_size=1,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=cfg.crop_actors[0], max_size=cfg.crop_actors[1]),
-            num_cpus=cfg.cpus_per_crop_actor,
-            resources=cfg.crop_resources or None,
-        )
-        ds = ds.map_batches(
-            FeatureStage,
-            fn_constructor_args=(cfg, provenance),
-            batch_size=cfg.feature_batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=cfg.feature_actors[0], max_size=cfg.feature_actors[1]),
-            num_cpus=cfg.cpus_per_feature_actor,
-            num_gpus=cfg.gpus_per_feature_actor or None,
-            resources=cfg.feature_resources or None,
-        )
-        ds.write_datasink(FeatureSink(output_uri, metadata=metadata, run_seq=run_seq, rows_per_file=cfg.rows_per_file))
-    wall = time.perf_counter() - t_pipe
-    store.compact()
-    summary = _summarise(store, manifest, todo.num_rows, wall, provenance, run_seq, output_uri)
+        t_pipe = time.perf_counter()
+        if todo.num_rows:
+            if not ray.is_initialized():
+                ray.init(ignore_reinit_error=True, log_to_driver=True)
+            metadata = {
+                S.META_EXTRACT_CONFIG: json.dumps(sconf.features.to_dict(), sort_keys=True).encode(),
+                S.META_PROVENANCE: json.dumps(sconf.provenance.to_dict(), sort_keys=True).encode(),
+            }
+            ledger = CrashLedger.start(f"raydf-crashes-{lease.epoch}-{uuid.uuid4().hex[:8]}")
+            plan = faults or FaultPlan()
+            ds = ray.data.from_arrow(_blocks(todo.cast(INPUT_SCHEMA), cfg.crop_actors[1]))
+            ds = ds.map_batches(
+                CropStage,
+                fn_constructor_kwargs={"cfg": cfg, "ledger": ledger, "faults": plan},
+                batch_size=1,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(min_size=cfg.crop_actors[0], max_size=cfg.crop_actors[1]),
+                num_cpus=cfg.cpus_per_crop_actor,
+                resources=cfg.crop_resources or None,
+            )
+            ds = ds.map_batches(
+                FeatureStage,
+                fn_constructor_kwargs={"cfg": cfg, "provenance": sconf.provenance, "precision": sconf.features.precision,
+                                       "ledger": ledger, "faults": plan},  # fmt: skip
+                batch_size=cfg.feature_batch_size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(min_size=cfg.feature_actors[0], max_size=cfg.feature_actors[1]),
+                num_cpus=cfg.cpus_per_feature_actor,
+                num_gpus=cfg.gpus_per_feature_actor or None,
+                resources=cfg.feature_resources or None,
+            )
+            ds.write_datasink(FeatureSink(output_uri, epoch=lease.epoch, rows_per_file=cfg.rows_per_file, metadata=metadata))
+            ray.kill(ledger)
+        wall = time.perf_counter() - t_pipe
+        store.compact(lease)
+        store.refresh_manifest(lease, manifest)
+        summary = _summarise(store, manifest, todo.num_rows, wall, sconf, redact_uri(output_uri), skipped, lease.epoch)
     log.info("extraction finished in %.1fs", time.perf_counter() - t_start)
     if track:
         summary = _track(summary, cfg, input_uri, store, tracking_uri)
     return summary
 
 
-def _summarise(store, manifest: pa.Table, processed: int, wall: float, provenance, run_seq: int, output: str) -> ExtractSummary:
+def _summarise(store: Any, manifest: pa.Table, processed: int, wall: float, sconf: StoreConfig, output: str, skipped: Any, epoch: int) -> ExtractSummary:
     ids = set(manifest.column(S.VIDEO_ID).to_pylist())
     status = store.status_table()
-    status = status.filter(pc.is_in(status[S.VIDEO_ID], pa.array(sorted(ids), pa.string())))
     rows = status.to_pylist()
-    ok = [r for r in rows if r[S.STATUS] == S.STATUS_OK]
+    mine = [r for r in rows if r[S.VIDEO_ID] in ids]
+    main = [r for r in mine if (r[S.TRACK_ID] or 0) == 0]
+    ok = [r for r in main if r[S.STATUS] == S.STATUS_OK]
+    pseudo = [r for r in rows if r[S.VIDEO_ID] not in ids and r[S.VIDEO_ID].rsplit("/", 1)[0] in ids and r[S.STATUS] == S.STATUS_OK]
     no_face = sum(1 for r in ok if not any(r[S.FACE_VALID] or []))
     stage_s = {}
     for col in S.TIMING_COLUMNS:
@@ -550,17 +591,23 @@ def _summarise(store, manifest: pa.Table, processed: int, wall: float, provenanc
         processed=processed,
         skipped=len(ids) - processed,
         ok=len(ok),
-        error=len(rows) - len(ok),
+        error=len(main) - len(ok),
         no_face=no_face,
+        tracks=sum(1 for r in mine if r[S.STATUS] == S.STATUS_OK),
+        pseudo_fakes=len(pseudo),
         wall_s=wall,
         videos_per_s=processed / wall if processed and wall > 0 else 0.0,
         stage_s=stage_s,
-        errors={r[S.VIDEO_ID]: r[S.ERROR] for r in rows if r[S.STATUS] != S.STATUS_OK},
-        provenance=provenance,
+        errors={r[S.VIDEO_ID]: r[S.ERROR] for r in main if r[S.STATUS] != S.STATUS_OK},
+        provenance=sconf.provenance,
+        precision=sconf.features.precision,
+        files_skipped={str(k): int(v) for k, v in skipped.counts.items()},
+        files_skipped_lines=tuple(skipped.lines()),
+        epoch=epoch,
     )
 
 
-def _track(summary: ExtractSummary, cfg: ExtractConfig, input_uri: str, store, tracking_uri: str | None) -> ExtractSummary:
+def _track(summary: ExtractSummary, cfg: ExtractConfig, input_uri: str, store: Any, tracking_uri: str | None) -> ExtractSummary:
     import mlflow
 
     from raydf import tracking
@@ -572,9 +619,10 @@ def _track(summary: ExtractSummary, cfg: ExtractConfig, input_uri: str, store, t
         mlflow.set_tags(
             {
                 "raydf.stage": "extract",
-                "raydf.content_provenance": summary.provenance["content"],
-                "raydf.style_provenance": summary.provenance["style"],
-                "raydf.output": tracking.redact(summary.output),
+                "raydf.content_provenance": summary.provenance.content,
+                "raydf.style_provenance": summary.provenance.style,
+                "raydf.precision": summary.precision,
+                "raydf.output": summary.output,
                 "style_config": cfg.style.config,
             }
         )
@@ -585,14 +633,20 @@ def _track(summary: ExtractSummary, cfg: ExtractConfig, input_uri: str, store, t
                 "videos_ok": summary.ok,
                 "videos_error": summary.error,
                 "videos_no_face": summary.no_face,
+                "face_tracks": summary.tracks,
+                "pseudo_fakes": summary.pseudo_fakes,
                 "videos_per_s": summary.videos_per_s,
                 "wall_s": summary.wall_s,
+                "files_skipped": sum(summary.files_skipped.values()),
+                **{f"files_skipped_{k}": v for k, v in summary.files_skipped.items()},
                 **{f"stage_{k}_s": v for k, v in summary.stage_s.items()},
             }
         )
-        tracking.log_parquet_dataset(summary.output, name="features", digest=store.digest(), context="extraction", num_rows=summary.ok + summary.error)
+        tracking.log_parquet_dataset(store.uri, name="features", digest=store.digest(), context="extraction", num_rows=summary.ok + summary.error)
         if summary.errors:
             mlflow.log_dict({k: tracking.redact(v) for k, v in summary.errors.items()}, "errors.json")
+        if summary.files_skipped_lines:
+            mlflow.log_text("\n".join(tracking.redact(x) for x in summary.files_skipped_lines) + "\n", "files_skipped.txt")
     return replace(summary, mlflow_run_id=run.info.run_id)
 
 
