@@ -60,6 +60,8 @@ __all__ = [
     "current_record",
     "latest_epoch",
     "record_ended",
+    "holder_state",
+    "epoch_records",
 ]
 
 LEASE_DIR = "_raydf_lease"
@@ -172,16 +174,24 @@ def _new_record(epoch: int) -> LeaseRecord:
     )
 
 
+def holder_state(record: LeaseRecord) -> str:
+    """``"ended"`` (released, or dead on this host), ``"alive"`` (a live process on this host) or
+    ``"unknown"`` (another host or container: only the heartbeat's age can tell)."""
+    if record.released:
+        return "ended"
+    host, boot = socket.gethostname(), _read_text("/proc/sys/kernel/random/boot_id")
+    if record.host != host:
+        return "unknown"
+    if record.boot_id and record.boot_id != boot:
+        return "ended"  # this host rebooted since: every process of that boot is gone
+    if record.boot_id != boot or record.pid_ns != _pid_ns():
+        return "unknown"  # another container on this host
+    return "alive" if _pid_alive(record.pid, record.pid_started) else "ended"
+
+
 def record_ended(record: LeaseRecord) -> bool:
     """True when the record's run is known to be over: released, or dead on this host."""
-    if record.released:
-        return True
-    same_machine = record.host == socket.gethostname() and record.boot_id == _read_text("/proc/sys/kernel/random/boot_id")
-    if record.host == socket.gethostname() and record.boot_id and not same_machine:
-        return True  # this host rebooted since: every process of that boot is gone
-    if not same_machine or record.pid_ns != _pid_ns():
-        return False  # another machine or container: only the heartbeat can tell
-    return not _pid_alive(record.pid, record.pid_started)
+    return holder_state(record) == "ended"
 
 
 # ---- the lease folder on any filesystem ----------------------------------------------------------------

@@ -38,8 +38,9 @@ the one with the highest ``rev``.
 deleted, parts with some are rewritten with the same tag and ``rev + 1`` under a new name. All
 new parts are written before any old part is deleted, so a crash in between leaves duplicates
 that resolve exactly as before. It deletes only parts it listed and judged, and ``.tmp-`` files
-of earlier epochs whose run has ended (released, or dead on this host) or that are older than
-the lease timeout -- never a live writer's. :meth:`FeatureStore.refresh_manifest` brings label,
+of earlier epochs whose run has ended (released, or its process dead on this host) -- never
+those of a process alive on this host; a writer on another host (a shared mount) is judged by
+age: its temp files go once untouched for the lease timeout. :meth:`FeatureStore.refresh_manifest` brings label,
 split and the other manifest columns of stored rows in line with the current manifest the same
 way (rewriting only parts whose rows differ).
 """
@@ -510,7 +511,8 @@ class FeatureStore:
             self.fs.mv(self._path(p.name), self._path(f"{BROKEN_DIR}/{p.name}"))
 
     def _remove_ended_tmp(self, lease: L.Lease) -> int:
-        """Delete temp files of earlier runs that have ended or gone silent (never a live writer's)."""
+        """Delete temp files of earlier epochs whose run has ended (released, or dead on this host), and,
+        where liveness cannot be known (another host), those untouched for the lease timeout."""
         _, tmps = self._listing()
         if not tmps:
             return 0
@@ -524,9 +526,9 @@ class FeatureStore:
             epoch = int(m.group(1))
             if epoch >= lease.epoch:
                 continue
-            rec = records.get(epoch)
-            mtime = e.get("mtime") or e.get("created") or now
-            if (rec is not None and L.record_ended(rec)) or now - float(mtime) > lease.stale_after_s:
+            state = L.holder_state(records[epoch]) if epoch in records else "unknown"
+            age = now - float(e.get("mtime") or e.get("created") or now)
+            if state == "ended" or (state == "unknown" and age > lease.stale_after_s):
                 doomed.append(e["name"])
         if doomed:
             self.fs.rm(doomed)
