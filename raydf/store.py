@@ -455,8 +455,19 @@ class FeatureStore:
             yield t if len(rows) == t.num_rows else t.take(pa.array(rows, pa.int64()))
 
     def read(self, columns: list[str] | None = None, *, resolved: bool = True) -> pa.Table:
-        """All rows as one table: the winning row of each (video_id, track_id) unless ``resolved=False``."""
-        tables = list(self.iter_parts(columns, resolved=resolved))
+        """All rows as one table: the winning row of each (video_id, track_id) unless ``resolved=False``.
+
+        A part removed by a concurrent compaction between listing and reading makes the read
+        start over (a few times), so a reader never misses rows that moved to a rewritten part.
+        """
+        for attempt in range(4):
+            try:
+                tables = list(self.iter_parts(columns, resolved=resolved))
+                break
+            except FileNotFoundError:
+                if attempt == 3:
+                    raise
+                log.info("%s: a part vanished while reading (a compaction is running); reading again", self.uri)
         if not tables:
             empty = S.FEATURE_SCHEMA.empty_table()
             return empty if columns is None else empty.select(columns)
