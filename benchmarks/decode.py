@@ -3,20 +3,22 @@
 Two H.264 clips of the same content and encoder settings, as web/phone video is made:
 640x480 at 25 fps, a keyframe every 2 s, up to 3 B-frames (x264 ``veryfast``), a
 sub-pixel camera pan (slight roll and zoom) over ``skimage.data.astronaut()`` with sensor
-grain, at ~1 Mbit/s (x264 ABR). One is 10 s long
-(250 frames), the other 10 minutes (15,000 frames); both are generated once and cached
-under ``benchmarks/out/decode/`` (git-ignored).
+grain, at ~1 Mbit/s (x264 ABR). One is 10 s long (250 frames), the other 10 minutes
+(15,000 frames); both are generated once (about 3 minutes on 2 cores) and cached under
+``benchmarks/out/decode/`` (git-ignored).
 
 ``raydf.video.read_video(clip, 32, threads=1)`` runs on both, interleaved rep by rep, in
 one process with one decoder thread (a crop actor's one CPU). The ratio is the median over
 reps of (10-minute CPU-s) / (10-second CPU-s): sampling must cost about the same whatever
 the length (target <= 3). For contrast, the sequential path (``seek=False``: decode every
-frame, what ``read_video`` did before) runs on the 10-minute clip, and its frames are
-checked equal to the seek path's (indices, times, pixels).
+frame, what ``read_video`` did before) runs on both clips; on the 10-minute one its frames
+are checked equal to the seek path's (indices, times, pixels).
 
-Cost model: the seek path decodes, for each sampled frame, its keyframe and the frames that
-the sampled frame depends on, about T x (half a keyframe interval x the share of reference
-frames) frames, plus a demux of every packet (no decoding).
+Cost model: the seek path decodes, for each sampled frame, its keyframe and the reference
+frames between them (about half a keyframe interval x the share of reference frames), plus
+a demux of every packet (no decoding). :func:`required_frames` counts, from the stream's NAL
+headers, the frames any decoder returning exactly these frames must decode: the floor of the
+ratio in frames.
 """
 
 from __future__ import annotations
@@ -92,14 +94,16 @@ def _sampling_stats(path: Path, **kwargs) -> dict[str, int | str]:  # noqa: ANN0
                 records.append(record)
 
     logger = logging.getLogger("raydf.video")
-    handler, level = Keep(), logger.level
+    handler, level, propagate = Keep(), logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # the debug record is for this handler only
     try:
         read_video(path, T, threads=1, **kwargs)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
     r = records[-1]
     return {"path": r.decode_path, "packets decoded": r.packets_sent, "frames": r.num_frames}
 
@@ -232,9 +236,9 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:  # noqa: ARG001 - the clip
         f"start), CPU capability (torch.backends.cpu.get_cpu_capability()) {capability}. Decoder: {decoder_identity('pyav')}.",
         f"Clips: {short.stat().st_size / 1e6:.1f} MB and {long.stat().st_size / 1e6:.1f} MB. 'packets decoded' counts the "
         "packets sent to the decoder (non-reference H.264 frames among them are skipped by it unless sampled).",
-        f"Why the ratio cannot reach 3 here: the {LONG_S // 60}-minute clip needs {keys_long} keyframes and each sampled "
-        f"frame's reference chain (about half a keyframe interval) decoded, the {SHORT_S}-second clip holds all {T} samples "
-        f"in {keys_short} keyframe intervals: {need_long / need_short:.2f}x the frames, and keyframes cost "
-        "several times a predicted frame; the demux of every packet adds ~7%.",
+        f"Floor of the ratio for any decoder returning exactly these frames: the {LONG_S // 60}-minute clip needs "
+        f"{keys_long} keyframes and each sampled frame's reference chain (about half a keyframe interval) decoded, the "
+        f"{SHORT_S}-second clip holds all {T} samples in {keys_short} keyframe intervals: {need_long / need_short:.2f}x the "
+        "frames, and a keyframe costs several predicted frames; the demux of every packet adds ~7% to the 10-minute cost.",
     ]
     return result
