@@ -13,6 +13,7 @@ _DESCRIPTIONS = {
     "models": "pSp and slow_r50 achieved GFLOP/s / this machine's fp32 matmul peak, measured in the same run.",
     "ingest": "Ray Data -> Ray Train training steps/s / the same loop over in-memory tensors.",
     "detect": "`raydf detect` on a 10 s 640x480 clip / the sum of its stages run alone.",
+    "decode": "`read_video` T=32 from a 10-minute clip / from a 10-second one (seeking to keyframes); the sequential path for contrast.",
     "gpu": "`python -m benchmarks.gpu`: the feature stage at fp32/fp16/bf16 on one device, half precisions against fp32.",
 }
 

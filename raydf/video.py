@@ -19,10 +19,14 @@ How PyAV (the default) finds the frames
    without a seek when the decoder is already past that keyframe. Frames are
    matched by pts, so indices and pixels equal the sequential path's. For H.264,
    packets that no other frame references (``nal_ref_idc == 0``) and that are not
-   sampled are not decoded. Cost: about T x (half a keyframe interval) frames,
-   independent of the video's length.
-4. **Sequential path.** Every frame is decoded in order and counted; the sampled
-   ones are kept (a second pass fetches missed ones when the probe's count was off).
+   sampled are not decoded. Cost: T keyframes and the reference frames of about
+   half a keyframe interval each, independent of the video's length
+   (``benchmarks/decode.py``).
+4. **Sequential path.** Every frame is decoded in order and counted, a packet that
+   does not decode is skipped (its frame is not counted); the sampled frames are
+   kept (a second pass fetches missed ones when the probe's count was off). Slice
+   threads only: frame threads would make which frames a corrupt stream loses
+   depend on the machine's core count.
 
 The seek path is used only where it can be trusted; the sequential path otherwise:
 
@@ -37,23 +41,31 @@ The seek path is used only where it can be trusted; the sequential path otherwis
 * demuxing stopped early (a truncated file);
 * ``seek=False``.
 
-While seeking, every frame that comes out must carry a pts the probe saw and each
-sampled frame must come out; otherwise the video is decoded again sequentially.
-Limitation: a corrupt packet in a GOP that no sampled frame needs is counted as a
-frame by the seek path, while the sequential path would skip it.
+While seeking, every packet must decode, every frame that comes out must carry a
+pts the probe saw, and each sampled frame must come out; otherwise the video is
+decoded again sequentially. Limitation: a corrupt packet in a keyframe interval
+that no sampled frame needs is counted as a frame by the seek path, while the
+sequential path would skip it (and number the later frames one lower).
 
-Orientation: the display matrix (rotation, mirror) is applied to every frame, by
-every backend, the way FFmpeg's command line applies it; ``rotation`` reports the
-degrees (counter-clockwise) applied.
+Times are ``(pts - pts of frame 0) x time_base``: real seconds for variable frame
+rates; ``index / fps`` only for streams without pts.
+
+Orientation: the display matrix (rotation, then mirror) is applied to every frame,
+by every backend, as FFmpeg's command line applies it (OpenCV's own rotation is
+turned off: it ignores mirrors); ``rotation`` reports the counter-clockwise degrees
+applied.
 
 Backends
 --------
 ``"pyav"``: PyAV only. ``"auto"``: PyAV, and OpenCV when PyAV cannot open or decode
-the file. ``"opencv"``: OpenCV's pixels, checked against PyAV's decode of the same
-frames: where OpenCV cannot decode the stream (AV1 here), scales frames whose size
-changes mid-stream to the first frame's size, or finds other frames at the sampled
-times, PyAV's frames are returned (``backend="pyav"``, with a warning). OpenCV and
-PyAV convert YUV to RGB with the same swscale code; measured identical on H.264.
+the file (then OpenCV's frames are unchecked: its rotation, its frame count, sizes
+as OpenCV scales them). ``"opencv"``: OpenCV's pixels, checked against PyAV's decode
+of the same frames (twice the decoding): where OpenCV cannot decode the stream (AV1
+here), scales frames whose size changes mid-stream to the first frame's size, or
+finds other frames at the sampled times, PyAV's frames are returned
+(``backend="pyav"``, with a warning). For 8-bit video the two give identical pixels
+(the same FFmpeg swscale conversion; tested on H.264, HEVC, VP9, MJPEG); 10-bit
+video differs by rounding.
 """
 
 from __future__ import annotations
@@ -123,7 +135,7 @@ class SampledVideo:
 
     frames: tuple[np.ndarray, ...]  # T upright RGB uint8 frames, each (H_t, W_t, 3); sizes may differ
     indices: np.ndarray  # (T,) int32 frame indices into the decoded stream (display order)
-    times: np.ndarray  # (T,) float64 seconds of each sampled frame, from its pts (0 = first frame)
+    times: np.ndarray  # (T,) float64 seconds of each sampled frame, from its pts (0 = frame 0, the stream start)
     num_frames: int  # true number of decodable frames
     fps: float  # average frame rate (frames per second)
     backend: str  # "pyav" | "opencv": the decoder that produced the frames
@@ -297,7 +309,6 @@ def read_video(
 
 
 def _read(source: Any, num_frames: int, label: str, backend: str, limits: _Limits, seek: bool, threads: int) -> SampledVideo:
-    reasons = []
     try:
         video, kept = _read_pyav(source, num_frames, label, limits, seek, threads)
     except VideoTooLarge:
@@ -305,23 +316,25 @@ def _read(source: Any, num_frames: int, label: str, backend: str, limits: _Limit
     except VideoDecodeError as exc:
         if backend == "pyav":
             raise
-        reasons.append(f"pyav: {exc.reason}")
-        video, kept = None, None
-    if video is not None and backend != "opencv":
+        with _as_file(source, suffix=Path(label).suffix or ".mp4") as path:
+            try:
+                return _read_opencv(path, num_frames, label, limits, None, None, threads)  # type: ignore[return-value]
+            except VideoTooLarge:
+                raise
+            except VideoDecodeError as cv_exc:
+                raise VideoDecodeError(label, f"pyav: {exc.reason}; opencv: {cv_exc.reason}") from exc
+    if backend != "opencv":
         return video
-    suffix = Path(label).suffix or ".mp4"
-    with _as_file(source, suffix=suffix) as path:
+    with _as_file(source, suffix=Path(label).suffix or ".mp4") as path:
         try:
-            cv_video = _read_opencv(path, num_frames, label, limits, video, kept, threads)
+            checked = _read_opencv(path, num_frames, label, limits, video, kept, threads)
         except VideoTooLarge:
             raise
-        except VideoDecodeError as exc:
-            if video is None:
-                reasons.append(f"opencv: {exc.reason}")
-                raise VideoDecodeError(label, "; ".join(reasons)) from exc
-            log.warning("%s: OpenCV cannot decode it (%s); returning PyAV's frames", label, exc.reason)
+        except Exception as exc:  # VideoDecodeError, cv2.error...: PyAV's frames are in hand
+            reason = exc.reason if isinstance(exc, VideoDecodeError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s: OpenCV cannot decode it (%s); returning PyAV's frames", label, reason)
             return video
-    return cv_video if cv_video is not None else video  # type: ignore[return-value]
+    return video if checked is None else checked
 
 
 # ---- orientation ---------------------------------------------------------------------------------
@@ -450,8 +463,9 @@ def _probe(container: Any, stream: Any, label: str, limits: _Limits, seek: bool)
             pts_a.append(_NO_PTS if pts is None else pts)
             key_a.append(packet.is_keyframe)
             discard_a.append(packet.is_discard)
-            if pts is not None and tb and len(pts_a) % 256 == 0:  # stop early on a header that lies
-                first = pts if first is None else first
+            if first is None:
+                first = pts
+            elif pts is not None and tb and len(pts_a) % 256 == 0:  # stop early on a header that lies
                 limits.duration(label, float(abs(pts - first) * tb), "pts")
     except av.error.FFmpegError as exc:  # a truncated or corrupt file: the packets before it are real
         truncated = f"demuxing stopped early ({type(exc).__name__}: {exc})"
@@ -536,7 +550,7 @@ def _read_pyav(
                 kept, decoded = _decode_seek(container, stream, label, probe, sample_indices(n, num_frames), limits)
                 path = "seek"
             except _Untrusted as exc:
-                log.info("%s: seeking gave unexpected frames (%s); decoding every frame", label, exc)
+                log.warning("%s: seeking gave unexpected frames (%s); decoding every frame", label, exc)
         else:
             log.debug("%s: decoding every frame: %s", label, probe.no_seek)
     finally:

@@ -411,6 +411,20 @@ def test_ten_hour_video_is_refused_before_decoding(tmp_path, backend):
     assert issubclass(VideoTooLarge, VideoDecodeError)
 
 
+def test_duration_cap_holds_when_the_header_lies(tmp_path):
+    """The Matroska Duration element rewritten to 40 ms: the packets' pts still span 10 hours."""
+    path = write_long_declared_mkv(tmp_path / "10h.mkv", 10 * 3600)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # EBML Duration, 8-byte float, in ms
+    assert struct.unpack_from(">d", data, at + 3)[0] > 3.6e7
+    struct.pack_into(">d", data, at + 3, 40.0)
+    path.write_bytes(bytes(data))
+    with av.open(str(path)) as c:
+        assert c.duration < 1_000_000  # the header now says 40 ms
+    with pytest.raises(VideoTooLarge, match=r"pts duration 36,000 s"):
+        read_video(path, 32)
+
+
 def test_caps_are_configurable(tmp_path):
     path = write_video(tmp_path / "v.mp4", index_frames(50), fps=25)  # 64x48, 2 s
     with pytest.raises(VideoTooLarge, match="max_pixels=3,000"):
