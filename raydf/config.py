@@ -36,6 +36,7 @@ __all__ = [
     "FeatureConfig",
     "StoreConfig",
     "PRECISIONS",
+    "dict_diff",
     "load_config",
     "to_dict",
 ]
@@ -557,14 +558,15 @@ class StoreConfig:
 
     def diff(self, other: StoreConfig) -> list[str]:
         """``key: stored X, now Y`` for every leaf that differs (``self`` is the stored one)."""
-        return _diff(self.to_dict(), other.to_dict())
+        return dict_diff(self.to_dict(), other.to_dict())
 
 
-def _diff(have: Any, want: Any, prefix: str = "") -> list[str]:
+def dict_diff(have: Any, want: Any, prefix: str = "") -> list[str]:
+    """``a.b: stored X, now Y`` for every leaf of two nested dicts that differs."""
     if isinstance(have, dict) and isinstance(want, dict):
         out: list[str] = []
         for k in sorted(set(have) | set(want)):
-            out += _diff(have.get(k), want.get(k), f"{prefix}{k}.")
+            out += dict_diff(have.get(k), want.get(k), f"{prefix}{k}.")
         return out
     if have != want:
         return [f"{prefix.rstrip('.')}: stored {have!r}, now {want!r}"]

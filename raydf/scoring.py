@@ -86,7 +86,7 @@ def predict_features(
     styles, valids, slabels = [], [], []
     cols = [S.VIDEO_ID, S.TRACK_ID, S.LABEL, S.METHOD, S.STATUS, S.CONTENT, S.STYLE, S.FACE_VALID]
     with torch.inference_mode():
-        for t in store.iter_tables(cols):
+        for t in store.iter_parts(cols):
             mask = pc.equal(t[S.STATUS], S.STATUS_OK)
             if wanted is not None:
                 joined = pc.binary_join_element_wise(t[S.VIDEO_ID], pc.cast(t[S.TRACK_ID], pa.string()), "\x1f")

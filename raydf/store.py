@@ -65,6 +65,7 @@ import pyarrow.parquet as pq
 
 from raydf import lease as L
 from raydf import schema as S
+from raydf.config import dict_diff as _diff
 from raydf.sources import SourceIdentity
 
 log = logging.getLogger(__name__)
@@ -498,11 +499,6 @@ class FeatureStore:
                 out.add(vid)
         return out
 
-    def iter_tables(self, columns: list[str] | None = None):  # noqa: ANN201 - Iterator[pa.Table]
-        """Committed rows one part at a time (bounded memory), with only ``columns``."""
-        for name in self.list_parts():
-            yield self._read_part(name, columns)
-
     def digest(self) -> str:
         """Fingerprint of the committed content (config + part names, which are never reused)."""
         h = hashlib.sha256(json.dumps(self.read_config(), sort_keys=True).encode())
@@ -627,14 +623,3 @@ class FeatureStore:
         if changed:
             log.info("%s: %d rows brought in line with the manifest (%d parts rewritten)", self.uri, changed, len(rewrites))
         return changed
-
-
-def _diff(have: Any, want: Any, prefix: str = "") -> list[str]:
-    if isinstance(have, dict) and isinstance(want, dict):
-        out = []
-        for k in sorted(set(have) | set(want)):
-            out += _diff(have.get(k), want.get(k), f"{prefix}{k}.")
-        return out
-    if have != want:
-        return [f"{prefix.rstrip('.')}: stored {have!r}, now {want!r}"]
-    return []

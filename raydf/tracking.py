@@ -169,13 +169,22 @@ def safe_params(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def _dataset_source(uri: str):  # noqa: ANN202 - mlflow.data.dataset_source.DatasetSource
+    """The MLflow dataset source of a Parquet directory, chosen explicitly: MLflow registers the
+    local-file source twice, so its own resolver warns that a local path is ambiguous."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    for cls in get_registered_sources():  # first match, in registration order (local, s3, gcs, ...)
+        if cls._can_resolve(uri):
+            return cls._resolve(uri)
+    raise ValueError(f"MLflow has no dataset source for {redact(uri)}")
+
+
 def log_parquet_dataset(uri: str, *, name: str, digest: str, context: str, num_rows: int | None = None) -> None:
     """Log a Parquet dataset by reference (no data loaded) as an input of the active run."""
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = resolve_dataset_source(uri)
-    ds = MetaDataset(source=source, name=name, digest=digest[:36])
+    ds = MetaDataset(source=_dataset_source(strip_userinfo(uri)), name=name, digest=digest[:36])
     tags = {"num_rows": str(num_rows)} if num_rows is not None else None
     mlflow.log_input(ds, context=context, tags=tags)

@@ -54,7 +54,7 @@ def test_parquet_reads_without_ray_and_records_its_config(extracted):
     assert np.stack(first[S.STYLE]).shape == (32, 512)
     meta = pq.read_schema(next(Path(extracted.features).glob("part-*.parquet"))).metadata
     config = json.loads(meta[S.META_EXTRACT_CONFIG])
-    assert config["video"]["num_frames"] == 32 and config["style"]["config"] == "psp_tiny"
+    assert config["num_frames"] == 32 and config["style"]["config"] == "psp_tiny" and config["precision"] == "fp32"
     assert json.loads(meta[S.META_PROVENANCE])["style"] == "random:0:psp_tiny"
 
 
