@@ -538,6 +538,8 @@ class FeatureStore:
     def _remove_ended_tmp(self, lease: L.Lease) -> int:
         """Delete temp files of earlier epochs whose run has ended (released, or dead on this host), and,
         where liveness cannot be known (another host), those untouched for the lease timeout."""
+        if not self._local:
+            return 0  # object stores take whole PUTs: no temp files
         _, tmps = self._listing()
         if not tmps:
             return 0
