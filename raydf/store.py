@@ -43,6 +43,20 @@ those of a process alive on this host; a writer on another host (a shared mount)
 age: its temp files go once untouched for the lease timeout. :meth:`FeatureStore.refresh_manifest` brings label,
 split and the other manifest columns of stored rows in line with the current manifest the same
 way (rewriting only parts whose rows differ).
+
+**A run, in order** (what :func:`raydf.extract.run_extraction` does)::
+
+    store = FeatureStore(output_uri)
+    with store.acquire_lease(stale_after_s=...) as lease:     # LeaseHeld names a live holder
+        store.ensure_config(lease, feature_config, provenance)
+        store.compact(lease)
+        identities = manifest_identities(manifest)             # raydf.sources, before any read
+        store.refresh_manifest(lease, manifest)
+        done = store.done(identities)
+        todo = with_source_columns(<manifest rows not in done>, identities)
+        ds.write_datasink(FeatureSink(output_uri, epoch=lease.epoch, rows_per_file=..., metadata=...))
+        store.compact(lease)                                   # LeaseLost if taken over meanwhile
+        status = store.status_table()
 """
 
 from __future__ import annotations
@@ -525,6 +539,8 @@ class FeatureStore:
     def _remove_ended_tmp(self, lease: L.Lease) -> int:
         """Delete temp files of earlier epochs whose run has ended (released, or dead on this host), and,
         where liveness cannot be known (another host), those untouched for the lease timeout."""
+        if not self._local:
+            return 0  # object stores take whole PUTs: no temp files
         _, tmps = self._listing()
         if not tmps:
             return 0

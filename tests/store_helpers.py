@@ -43,7 +43,8 @@ def rows_of(store, columns=(S.VIDEO_ID, S.TRACK_ID, S.STATUS, S.NOTE), resolved:
 
 
 class CrashingFS:
-    """Wraps an fsspec filesystem and raises :class:`InjectedCrash` at its k-th operation.
+    """Wraps an fsspec filesystem and raises :class:`InjectedCrash` at its k-th operation
+    (``arm(k)``) or at its k-th operation of one kind (``arm((kind, k))``, kinds as in :data:`KINDS`).
 
     Counted operations: listing, opening, renaming, deleting (one path at a time, so a crash
     can fall between two deletes of one call), creating directories, whole-file reads and
@@ -51,10 +52,13 @@ class CrashingFS:
     killed writer would; an object-store PUT (``pipe_file``) is all-or-nothing.
     """
 
+    KINDS = ("ls", "open-r", "open-w", "mv", "rm", "makedirs", "pipe_file", "cat_file")
+
     def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self.crash_at: int | None = None
+        self.crash_at: int | tuple[str, int] | None = None
         self.ops = 0
+        self.by_kind: dict[str, int] = {}
         self.crashed_in: str | None = None
 
     @property
@@ -67,12 +71,17 @@ class CrashingFS:
     def invalidate_cache(self, path: str | None = None) -> None:
         self._inner.invalidate_cache(path)
 
-    def arm(self, crash_at: int | None) -> None:
-        self.ops, self.crash_at, self.crashed_in = 0, crash_at, None
+    def arm(self, crash_at: int | tuple[str, int] | None) -> None:
+        self.ops, self.by_kind, self.crash_at, self.crashed_in = 0, {}, crash_at, None
 
     def _tick(self, what: str, torn=None) -> None:
         self.ops += 1
-        if self.crash_at is not None and self.ops == self.crash_at:
+        kind = what.split()[0]
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        due = self.ops == self.crash_at if isinstance(self.crash_at, int) else (
+            self.crash_at is not None and self.crash_at == (kind, self.by_kind[kind])
+        )
+        if due:
             if torn is not None:
                 torn()
             self.crashed_in = what
@@ -83,14 +92,14 @@ class CrashingFS:
         return self._inner.ls(path, detail=detail, **kw)
 
     def open(self, path, mode="rb", **kw):
-        torn = None
+        torn, kind = None, "open-w" if "w" in mode else "open-r"
         if "w" in mode and "file" in (self.protocol if isinstance(self.protocol, tuple) else (self.protocol,)):
 
             def torn() -> None:
                 with self._inner.open(path, "wb") as f:
                     f.write(b"PAR1 torn")
 
-        self._tick(f"open {mode} {path}", torn)
+        self._tick(f"{kind} {path}", torn)
         return self._inner.open(path, mode, **kw)
 
     def mv(self, a, b, **kw):
@@ -99,11 +108,11 @@ class CrashingFS:
 
     def rm(self, paths, **kw):
         for p in paths if isinstance(paths, list) else [paths]:
-            self._tick(f"rm {p}")
+            self._tick(f"rm {p}")  # one delete at a time: a crash can fall between two
             self._inner.rm(p, **kw)
 
     def rm_file(self, path):
-        self._tick(f"rm_file {path}")
+        self._tick(f"rm {path}")
         return self._inner.rm_file(path)
 
     def makedirs(self, path, exist_ok=False):
