@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from raydf.config import ConfigError, ExtractConfig, FusionConfig, StoreConfig, load_config, to_dict
+from raydf.config import ConfigError, ExtractConfig, FusionConfig, StoreConfig, load_config, parse_provenance, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class ModelBundle:
         content, style = to_dict(f.content), to_dict(f.style)
         for what, conf, given in (("style", style, style_weights), ("content", content, content_weights)):
             origin = getattr(self.store.provenance, what)
-            if origin.startswith("random:"):
+            if parse_provenance(origin).kind == "random":
                 if given:
                     raise ExtractorMismatch(f"the model was trained on {what} features of a random init ({origin}); do not pass {what} weights")
             elif not given:

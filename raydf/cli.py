@@ -85,7 +85,7 @@ def extract_config_from_args(args: argparse.Namespace):  # noqa: ANN201 - Extrac
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raydf", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every log line (Ray, MLflow, raydf) on the terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-dataset", help="generate real/fake MP4s of a real face (H.264), with metadata")
@@ -135,8 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for extra in _EXTRA_PARSERS:
         extra(sub)
+    for p in sub.choices.values():  # `raydf detect clip.mp4 -v` works as well as `raydf -v detect clip.mp4`
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show every log line")
     return parser
 
+
+# Commands that write (and so keep a log file under <RAYDF_HOME>/logs); the others only read.
+_WRITING_COMMANDS = frozenset({"make-dataset", "extract", "train", "tune", "reproduce", "demo", "serve"})
 
 # Later stages register their subcommand parsers here (tune, compare).
 _EXTRA_PARSERS: list[Callable[[Any], None]] = []
@@ -237,10 +242,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @_handler("detect")
 def _detect(args: argparse.Namespace) -> int:
-    from raydf.detect import detect
+    import time
 
-    out = detect(args.video, model=args.model, tracking_uri=args.tracking_uri,
-                 style_weights=args.style_weights, content_weights=args.content_weights, explain=args.explain)
+    from raydf.bundle import resolve_model
+
+    t0 = time.perf_counter()
+    bundle, source = resolve_model(args.model, args.tracking_uri)  # no model: fails here, in a second
+    from raydf.detect import Detector
+
+    det = Detector(bundle, source, style_weights=args.style_weights, content_weights=args.content_weights, load_extractors=False)
+    det.load_s += time.perf_counter() - t0 - det.load_s  # model resolution included
+    out = det(args.video, explain=args.explain)
     if args.json:
         print(dumps(out.to_dict()))
         if out.model.warning:
@@ -309,10 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from raydf import console
+
+    log_file = console.log_path(args.command) if args.command in _WRITING_COMMANDS else None
+    console.setup(args.command, verbose=args.verbose, log_file=log_file)
+    console.terminate_on_sigterm()
+    if log_file is not None:
+        log.info("raydf %s: log file %s", args.command, log_file)
     from raydf.bundle import BundleError
     from raydf.config import ConfigError
     from raydf.datasets import ManifestError

@@ -135,6 +135,7 @@ class Detector:
         style_weights, content_weights: the extractor weight files the model's provenance names
             (not needed for a random-init model).
         device: where the features are computed (default: CUDA when available).
+        load_extractors: load the feature extractors now (else on first use, after the clip decoded).
 
     Raises:
         ExtractorMismatch: the weights are missing or differ from the model's (sha256).
@@ -148,6 +149,7 @@ class Detector:
         style_weights: str | None = None,
         content_weights: str | None = None,
         device: str | None = None,
+        load_extractors: bool = True,
     ) -> None:
         t0 = time.perf_counter()
         self.bundle, self.source = bundle, source
@@ -155,20 +157,30 @@ class Detector:
         prov = expected_provenance(cfg)
         if prov != bundle.store.provenance:
             raise ExtractorMismatch(f"extractor weights differ from the model's: trained on {bundle.store.provenance}, given {prov}")
-        self.cfg = cfg
+        self.cfg, self.provenance, self.device = cfg, prov, device
         self.crop_stage = CropStage(replace(cfg, crop_threads=0))  # alone in the process: all cores
-        wanted = bundle.precision
-        precision = wanted
+        self.precision = bundle.precision
         self.notes: list[str] = []
-        import torch
-
-        on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-        if wanted == "fp16" and not on_cuda:
-            precision = "fp32"
+        if bundle.precision == "fp16" and not _on_cuda(device):
+            self.precision = "fp32"
             self.notes.append("the model's features were computed in fp16 on a GPU; this machine computes fp32, so the probability may differ slightly from the one evaluation logged")
-        self.feature_stage = FeatureStage(cfg, prov, device, precision=precision)
+        elif bundle.precision == "bf16" and not _on_cuda(device):
+            from raydf.features import native_bf16
+
+            if not native_bf16():
+                self.notes.append("the model's features are bf16 and this CPU has no native bf16: they are computed emulated (slow)")
+        self._feature_stage: FeatureStage | None = None
         self.model = bundle.model()
+        if load_extractors:
+            _ = self.feature_stage
         self.load_s = time.perf_counter() - t0
+
+    @property
+    def feature_stage(self) -> FeatureStage:
+        """The content and style extractors, loaded on first use (a bad input fails before they load)."""
+        if self._feature_stage is None:
+            self._feature_stage = FeatureStage(self.cfg, self.provenance, self.device, precision=self.precision)
+        return self._feature_stage
 
     @classmethod
     def from_model(cls, model: str | None = None, *, tracking_uri: str | None = None, **kwargs: Any) -> Detector:
@@ -191,6 +203,24 @@ class Detector:
     def crop(self, video: str | bytes, name: str | None = None) -> list[dict[str, Any]]:
         """CPU half: decode, sample and crop every face track (crop rows). Raises VideoDecodeError, ExtractError."""
         return crop_one(self.crop_stage, video, name)
+
+    def crop_frames(self, frames: list[np.ndarray], times: np.ndarray, name: str, *, first_index: int = 0) -> list[dict[str, Any]]:
+        """CPU half for frames a client streams (RGB uint8, e.g. decoded JPEGs): the crop stage without decoding.
+
+        Raises:
+            ExtractError: face detection failed.
+        """
+        from raydf.video import SampledVideo
+
+        t = len(frames)
+        video = SampledVideo(frames=tuple(frames), indices=np.arange(first_index, first_index + t, dtype=np.int32),
+                             times=np.asarray(times, np.float64), num_frames=t, fps=0.0, backend="stream", rotation=0)  # fmt: skip
+        row = {S.VIDEO_ID: name, S.URI: name, S.LABEL: None, S.DATASET: "", S.SPLIT: "", S.SOURCE_ID: "", S.METHOD: "",
+               S.COMPRESSION: "", S.META: "{}"}  # fmt: skip
+        rows = self.crop_stage.crop_video(row, video)
+        if rows[0][S.STATUS] != S.STATUS_OK:
+            raise ExtractError(rows[0][S.ERROR])
+        return rows
 
     def features(self, crop_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Feature half: content and style features of every track (feature rows). Raises ExtractError."""
@@ -272,10 +302,14 @@ class Detector:
     def __call__(self, video: str | bytes, name: str | None = None, *, explain: bool = False) -> DetectResult:
         t0 = time.perf_counter()
         label = _name(video, name)
-        rows = self.features(self.crop(video, label))
-        result = self.score(rows, label, explain=explain)
-        result.timings["load_s"] = self.load_s
-        result.timings["total_s"] = time.perf_counter() - t0
+        crop_rows = self.crop(video, label)  # a bad input fails here, before the extractors load
+        t1 = time.perf_counter()
+        fresh = self._feature_stage is None
+        _ = self.feature_stage
+        load_s = self.load_s + (time.perf_counter() - t1 if fresh else 0.0)
+        result = self.score(self.features(crop_rows), label, explain=explain)
+        result.timings["load_s"] = load_s
+        result.timings["total_s"] = time.perf_counter() - t0 + self.load_s
         return result
 
 
@@ -294,6 +328,12 @@ def frame_evidence(model: Any, row: dict[str, Any]) -> np.ndarray:
         (grad,) = torch.autograd.grad(logit, style)
     score = (grad * style).sum(-1)[0].detach().numpy()  # (T,)
     return np.where(valid[0].numpy(), score, 0.0)
+
+
+def _on_cuda(device: str | None) -> bool:
+    import torch
+
+    return (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
 
 
 def _name(video: str | bytes, name: str | None) -> str:
@@ -316,6 +356,7 @@ def detect(
         ExtractorMismatch, WeightsError: the model's extractors cannot be rebuilt (exit code 4).
         VideoDecodeError, ExtractError, BundleError: bad input (exit code 2).
     """
-    det = Detector.from_model(model, tracking_uri=tracking_uri, style_weights=style_weights, content_weights=content_weights)
+    det = Detector.from_model(model, tracking_uri=tracking_uri, style_weights=style_weights, content_weights=content_weights,
+                              load_extractors=False)  # fmt: skip
     return det(video, explain=explain)
 

@@ -30,7 +30,7 @@ from raydf.config import ExtractConfig, FeatureConfig, Provenance, StoreConfig, 
 from raydf.faces import FaceCropper
 from raydf.faults import FaultPlan
 from raydf.tracking import redact_uri
-from raydf.video import VideoDecodeError, read_video
+from raydf.video import SampledVideo, VideoDecodeError, read_video
 
 log = logging.getLogger(__name__)
 
@@ -225,19 +225,28 @@ class CropStage:
         except Exception as exc:  # a decoder bug on an odd file: this video's row, never the job
             base[S.T_DECODE] = time.perf_counter() - t1
             return [_error_row(base, "decode", f"decoding {redact_uri(uri)} failed: {_message(exc)}")]
-        t2 = time.perf_counter()
-        base[S.T_DECODE] = t2 - t1
+        base[S.T_DECODE] = time.perf_counter() - t1
+        return self.crop_video(base, video)
+
+    def crop_video(self, row: dict[str, Any], video: SampledVideo) -> list[dict[str, Any]]:
+        """Already sampled frames (a decoded video, or frames streamed by a client) -> crop rows.
+
+        ``row`` holds the manifest (and source) columns; timings already measured are kept.
+        """
+        base = {k: row.get(k) for k in INPUT_SCHEMA.names}
+        base.update({S.NUM_SAMPLED: len(video.frames), S.T_READ: row.get(S.T_READ, 0.0), S.T_DECODE: row.get(S.T_DECODE, 0.0)})
+        t0 = time.perf_counter()
         try:
             tracks = self.cropper.tracks(video.frames)
         except Exception as exc:  # a detector failure on odd frames must not kill the job
-            return [_error_row(base, "faces", f"face detection failed on {redact_uri(uri)}: {_message(exc)}")]
-        base[S.T_FACES] = time.perf_counter() - t2
+            return [_error_row(base, "faces", f"face detection failed on {redact_uri(row[S.URI])}: {_message(exc)}")]
+        base[S.T_FACES] = time.perf_counter() - t0
         rows = [self._track_row(base, video, t) for t in tracks]
         if self.cfg.pseudo_fakes and row.get(S.LABEL) == S.REAL:
             try:
                 rows += self._pseudo_fake(base, video, tracks[0])
             except Exception as exc:  # the real rows stand; the pseudo-fake is reported missing
-                log.warning("no pseudo-fake for %s: %s", redact_uri(uri), _message(exc))
+                log.warning("no pseudo-fake for %s: %s", redact_uri(row[S.URI]), _message(exc))
         return rows
 
     def _track_row(self, base: dict[str, Any], video: Any, faces: Any) -> dict[str, Any]:

@@ -16,11 +16,10 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WeightsError", "RandomInitWarning", "load_checkpoint", "random_provenance", "parse_provenance", "seeded"]
+__all__ = ["WeightsError", "RandomInitWarning", "load_checkpoint", "random_provenance", "seeded"]
 
 
 class WeightsError(RuntimeError):
@@ -53,6 +52,8 @@ def load_checkpoint(uri: str) -> tuple[Any, str]:
         raise WeightsError(f"weights file is empty: {uri}")
     digest = hashlib.sha256(data).hexdigest()
     try:
+        import torch  # lazily: raydf's CLI imports WeightsError without paying for torch
+
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle refused by weights_only, truncated file...
         raise WeightsError(f"weights file {uri} is not a loadable torch checkpoint: {type(exc).__name__}: {exc}") from exc
@@ -66,25 +67,16 @@ def random_provenance(seed: int, config: str, what: str) -> str:
         f"(seed={seed}, config={config}). Features are NOT those of the report; pass the official "
         f"weights (see README, 'Pretrained weights') for real detection."
     )
-    log.warning(msg)
+    log.info(msg)  # the console commands say it once, for the whole model (raydf.bundle.model_warning)
     warnings.warn(msg, RandomInitWarning, stacklevel=3)
     return f"random:{seed}:{config}"
-
-
-def parse_provenance(provenance: str) -> tuple[str, int | None, str | None]:
-    """Split a provenance string into ``(kind, seed, config)``; kind is ``random`` or ``sha256``."""
-    kind, _, rest = provenance.partition(":")
-    if kind == "random":
-        seed, _, config = rest.partition(":")
-        return kind, int(seed), config
-    if kind == "sha256":
-        return kind, None, None
-    raise ValueError(f"unknown weights provenance {provenance!r}")
 
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block with torch's global RNG seeded, restoring the caller's RNG state after."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
