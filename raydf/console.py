@@ -73,6 +73,10 @@ def setup(command: str, *, verbose: bool, log_file: Path | None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _STATE.update(verbose=verbose, log_file=log_file)
     if not verbose:
+        # Native libraries print straight to stderr: OpenCV's own log and FFmpeg's inside it ("moov atom not
+        # found" on a bad file). Their errors reach the user as raydf's one-line error instead.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
