@@ -173,8 +173,11 @@ def _extract(args: argparse.Namespace) -> int:
     from raydf.extract import run_extraction
 
     cfg = extract_config_from_args(args)
-    summary = run_extraction(args.input, args.output, cfg, tracking_uri=args.tracking_uri, track=not args.no_track)
+    summary = run_extraction(args.input, args.output, cfg, tracking_uri=args.tracking_uri, track=not args.no_track, progress=True)
     print("\n".join(summary.lines()))
+    if summary.provenance.random_parts():
+        print("warning: the extractors are randomly initialised (no pretrained weights): these are not the report's "
+              "features, and a model trained on them scores real videos meaninglessly. Pass --style-weights/--content-weights.")
     if summary.mlflow_run_id:
         print(f"mlflow run: {summary.mlflow_run_id}")
     return 0
@@ -205,7 +208,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     result = run_training(
         args.features, cfg, storage_path=args.storage, name=args.name, tracking_uri=args.tracking_uri,
-        tags=_named(args.tag), extra_test=_named(args.test_features),
+        tags=_named(args.tag), extra_test=_named(args.test_features), progress=True,
     )
     print(f"splits {result.splits}, excluded {result.excluded}, best epoch {result.best_epoch}")
     for name, m in result.test_metrics.items():

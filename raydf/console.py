@@ -1,7 +1,7 @@
 """What the ``raydf`` commands print: a short, readable stream for people; everything else in a log file.
 
 At default verbosity the terminal gets raydf's own warnings and errors (one line each),
-the live progress bars of :func:`progress` (drawn only on a terminal) and what each
+the live progress bars of :mod:`raydf.progress` (drawn only on a terminal) and what each
 command prints on purpose. Everything else -- raydf's INFO lines, Ray's, Ray Data's,
 MLflow's and PyTorch's logs, Python warnings -- goes to the command's log file
 (``<RAYDF_HOME>/logs/<command>-<time>.log``) when the command writes anything at all.
@@ -10,18 +10,16 @@ MLflow's and PyTorch's logs, Python warnings -- goes to the command's log file
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["setup", "progress", "log_path", "quiet_ray_kwargs", "terminate_on_sigterm"]
+__all__ = ["setup", "log_path", "quiet_ray_kwargs", "terminate_on_sigterm"]
 
 _STATE: dict[str, Any] = {"verbose": False, "log_file": None}
 
@@ -85,18 +83,6 @@ def setup(command: str, *, verbose: bool, log_file: Path | None) -> None:
 def quiet_ray_kwargs() -> dict[str, Any]:
     """``ray.init`` arguments for the console: workers' output to Ray's log files unless ``-v``."""
     return {"log_to_driver": bool(_STATE["verbose"]), "logging_level": logging.DEBUG if _STATE["verbose"] else logging.WARNING}
-
-
-@contextlib.contextmanager
-def progress(total: int | None, desc: str, unit: str) -> Iterator[Any]:
-    """A live progress bar on a terminal (stderr); nothing when piped (the command prints a summary)."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=None, leave=True, dynamic_ncols=True, file=sys.stderr)
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 def terminate_on_sigterm() -> None:

@@ -1,8 +1,10 @@
 """``make demo``: the main job end to end on an embedded default.
 
-Local Ray, local files, a sqlite MLflow store, a small generated dataset:
-generate -> Ray Data extraction (small pSp config) -> Ray Train (2 CPU workers)
--> evaluation -> MLflow; it ends with the test metrics and the ``mlflow ui`` command.
+Local Ray, local files, the project's default MLflow store, a small generated dataset:
+generate -> Ray Data extraction (small pSp config) -> Ray Train (2 CPU workers) ->
+evaluation -> MLflow. It trains into the default store, so a plain ``raydf detect CLIP``
+afterwards uses the demo's model. It prints a short report (live bars on a terminal), then
+what to run next; every log line goes to the command's log file.
 """
 
 from __future__ import annotations
@@ -35,49 +37,52 @@ def demo_train_config() -> TrainConfig:
 
 
 def run_demo(workdir: str | Path = "demo", *, videos: int | None = None, tracking_uri: str | None = None) -> int:
-    """Run the demo; prints what it did. Returns a process exit code."""
+    """Run the demo and print its report (a few dozen lines). Returns a process exit code."""
+    from raydf.evaluate import overall_table
     from raydf.extract import run_extraction
     from raydf.store import FeatureStore
     from raydf.synth import make_dataset
-    from raydf.tracking import resolve_tracking_uri
+    from raydf.tracking import redact, resolve_tracking_uri
+    from raydf.train import run_training
 
     work = Path(workdir).resolve()
     data, features = work / "data", work / "features"
-    tracking_uri = resolve_tracking_uri(tracking_uri or f"sqlite:///{work / 'mlflow.db'}")
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     t0 = time.perf_counter()
     if not (data / "metadata.jsonl").exists():
         make_dataset(data, videos=videos or DEMO_VIDEOS, seed=DEMO_SEED)
-    print(f"[1/3] dataset: {data} ({time.perf_counter() - t0:.1f}s)")
+    n_videos = len(list((data / "real").glob("*.mp4"))) + len(list((data / "fake").glob("*.mp4")))
+    print(f"[1/3] dataset: {n_videos} generated videos (real + fake pairs of one face) in {data} ({time.perf_counter() - t0:.0f}s)")
 
-    summary = run_extraction(str(data), str(features), demo_extract_config(), tracking_uri=tracking_uri)
-    print("[2/3] extraction:")
-    for line in summary.lines():
-        print(f"      {line}")
-    table = FeatureStore(str(features)).read([S.VIDEO_ID, S.STATUS, S.CONTENT, S.STYLE, S.FACE_VALID, S.T_DECODE, S.T_FACES, S.T_CONTENT, S.T_STYLE])
-    ok = table.filter(pc.equal(table[S.STATUS], S.STATUS_OK)).sort_by(S.VIDEO_ID)
-    print(f"      {'video':<14} {'content':>10} {'style':>10} {'faces':>6} {'decode':>7} {'mtcnn':>7} {'content':>8} {'style':>7}")
-    for r in ok.to_pylist():
-        k, t = len(r[S.CONTENT]), len(r[S.STYLE])
-        shape_c, shape_s = f"({k}, {len(r[S.CONTENT][0])})", f"({t}, {len(r[S.STYLE][0])})"
-        print(
-            f"      {r[S.VIDEO_ID]:<14} {shape_c:>10} {shape_s:>10} {sum(r[S.FACE_VALID]):>3}/{t:<2} "
-            f"{r[S.T_DECODE]:>6.2f}s {r[S.T_FACES]:>6.2f}s {r[S.T_CONTENT]:>7.2f}s {r[S.T_STYLE]:>6.2f}s"
-        )
-    from raydf.evaluate import overall_table
-    from raydf.train import run_training
+    summary = run_extraction(str(data), str(features), demo_extract_config(), tracking_uri=tracking_uri, progress=True)
+    table = FeatureStore(str(features)).read([S.VIDEO_ID, S.STATUS, S.CONTENT, S.STYLE, S.FACE_VALID])
+    ok = table.filter(pc.equal(table[S.STATUS], S.STATUS_OK))
+    content, style = S.stack_column(ok, S.CONTENT), S.stack_column(ok, S.STYLE)
+    valid = S.stack_column(ok, S.FACE_VALID)
+    print(f"[2/3] extraction: {summary.ok}/{summary.total} videos ok, {summary.error} errors ({summary.wall_s:.0f}s, {summary.videos_per_s:.2f} videos/s)")
+    print(f"      features per video: content {tuple(content.shape[1:])}, style {tuple(style.shape[1:])}; "
+          f"faces found in {valid.mean():.0%} of sampled frames")  # fmt: skip
+    print("      mean stage seconds per video: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.stage_s.items()))
 
     t1 = time.perf_counter()
     result = run_training(
         str(features), demo_train_config(), storage_path=str(work / "ray_results"), name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-        tracking_uri=tracking_uri, tags={"dataset": "generated"}, output_dir=str(work / "model"),
-    )
-    print(f"[3/3] training: {len(result.history)} epochs (best {result.best_epoch}), splits {result.splits} ({time.perf_counter() - t1:.0f}s)")
+        tracking_uri=tracking_uri, tags={"dataset": "generated"}, output_dir=str(work / "model"), progress=True,
+    )  # fmt: skip
+    print(f"[3/3] training: {len(result.history)} epochs (best {result.best_epoch}), rows {result.splits} "
+          f"({time.perf_counter() - t1:.0f}s)")  # fmt: skip
     for name, m in result.test_metrics.items():
-        print(f"\n      {name} metrics ({m['n']} held-out videos):")
-        for line in overall_table(m).splitlines():
-            print(f"      {line}")
-    print(f"\nmodel: {result.model_path}")
-    print(f"try:   raydf detect {data / 'fake' / sorted(p.name for p in (data / 'fake').glob('*.mp4'))[0]} --tracking-uri {tracking_uri}")
-    print(f"done in {time.perf_counter() - t0:.0f}s; look at the runs with:")
-    print(f"       mlflow ui --backend-store-uri {tracking_uri}")
+        print(f"\n{name} split: {m['n']} held-out videos ({m['n_real']} real, {m['n_fake']} fake), "
+              f"video score = {result.aggregation} over face tracks\n")  # fmt: skip
+        print(overall_table(m))
+    from raydf.bundle import ModelBundle
+
+    warning = ModelBundle.load(result.model_path).warning
+    if warning:
+        print(f"\nwarning: {warning}")
+    clip = sorted((data / "fake").glob("*.mp4"))[0]
+    print(f"\ndone in {time.perf_counter() - t0:.0f}s. Model: {result.model_path} (MLflow run {result.run_id})")
+    print("next:")
+    print(f"  raydf detect {clip.relative_to(Path.cwd()) if clip.is_relative_to(Path.cwd()) else clip}")
+    print(f"  mlflow ui --backend-store-uri {redact(tracking_uri)}")
     return 0

@@ -14,6 +14,7 @@ one video (:func:`extract_one`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -164,12 +165,13 @@ class CropStage:
     a video becomes one error row naming the exception: no exception leaves :meth:`crop`.
     """
 
-    def __init__(self, cfg: ExtractConfig, *, ledger: Any = None, faults: FaultPlan | None = None) -> None:
+    def __init__(self, cfg: ExtractConfig, *, ledger: Any = None, faults: FaultPlan | None = None, board: Any = None) -> None:
         self.cfg = cfg
         _set_threads(cfg.crop_threads)
         self.cropper = FaceCropper(cfg.faces)  # MTCNN loaded once per actor
         self.ledger = ledger  # CrashLedger actor handle (None outside Ray)
         self.faults = faults or FaultPlan()
+        self.board = board  # ProgressBoard actor handle (None: no live progress)
 
     def crop(self, row: dict[str, Any], data: bytes | None = None) -> list[dict[str, Any]]:
         """One video: read (unless ``data`` is given), decode, sample, crop every track.
@@ -191,6 +193,8 @@ class CropStage:
         rows = self._crop(row, base, data)
         if self.ledger is not None:
             self.ledger.end.remote(key)
+        if self.board is not None:
+            self.board.add.remote("videos_cropped", 1)  # raydf.progress.CROPPED
         return rows
 
     def _crop(self, row: dict[str, Any], base: dict[str, Any], data: bytes | None) -> list[dict[str, Any]]:
@@ -325,6 +329,7 @@ class FeatureStage:
         precision: str | None = None,
         ledger: Any = None,
         faults: FaultPlan | None = None,
+        board: Any = None,
     ) -> None:
         from raydf.features import FeatureExtractor, resolve_precision
 
@@ -338,6 +343,7 @@ class FeatureStage:
         self.precision = self.extractor.precision
         self.ledger = ledger
         self.faults = faults or FaultPlan()
+        self.board = board
 
     def _features(self, rows: list[dict[str, Any]]) -> Any:
         size = self.cfg.faces.crop_size
@@ -421,6 +427,8 @@ class FeatureStage:
             elif vid not in done:
                 done.add(vid)
                 kept.append({**first_error[vid], S.TRACK_ID: 0})
+        if self.board is not None:
+            self.board.add.remote("videos_featured", len({r[S.VIDEO_ID] for r in kept if r[S.METHOD] != "self_blend"}))
         return kept
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -485,6 +493,7 @@ def run_extraction(
     track: bool = True,
     manifest: pa.Table | None = None,
     faults: FaultPlan | None = None,
+    progress: bool = False,
 ) -> ExtractSummary:
     """Run the extraction job (connects to the running Ray cluster, or starts a local one).
 
@@ -500,6 +509,7 @@ def run_extraction(
         track: log the run to MLflow.
         manifest: use this manifest instead of building one from ``input_uri``.
         faults: test seam: videos for which a stage fails on purpose (:class:`raydf.faults.FaultPlan`).
+        progress: draw live progress bars (videos cropped, videos with features) on a terminal.
 
     Raises:
         ExtractConfigMismatch: ``output_uri`` holds features made with another feature identity.
@@ -511,8 +521,10 @@ def run_extraction(
     import ray
 
     from raydf.datasets import SkipReport, build_manifest, check_unique_ids, skip_report
+    from raydf.console import quiet_ray_kwargs
     from raydf.features import resolve_precision
     from raydf.faults import CrashLedger
+    from raydf.progress import CROPPED, FEATURED, Bar, ProgressBoard, watch
     from raydf.sink import FeatureSink
     from raydf.sources import manifest_identities, with_source_columns
     from raydf.store import FeatureStore
@@ -541,17 +553,18 @@ def run_extraction(
         t_pipe = time.perf_counter()
         if todo.num_rows:
             if not ray.is_initialized():
-                ray.init(ignore_reinit_error=True, log_to_driver=True)
+                ray.init(ignore_reinit_error=True, **quiet_ray_kwargs())
             metadata = {
                 S.META_EXTRACT_CONFIG: json.dumps(sconf.features.to_dict(), sort_keys=True).encode(),
                 S.META_PROVENANCE: json.dumps(sconf.provenance.to_dict(), sort_keys=True).encode(),
             }
             ledger = CrashLedger.start(f"raydf-crashes-{lease.epoch}-{uuid.uuid4().hex[:8]}")
             plan = faults or FaultPlan()
+            board = ProgressBoard.start() if progress else None
             ds = ray.data.from_arrow(_blocks(todo.cast(INPUT_SCHEMA), cfg.crop_actors[1]))
             ds = ds.map_batches(
                 CropStage,
-                fn_constructor_kwargs={"cfg": cfg, "ledger": ledger, "faults": plan},
+                fn_constructor_kwargs={"cfg": cfg, "ledger": ledger, "faults": plan, "board": board},
                 batch_size=1,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(min_size=cfg.crop_actors[0], max_size=cfg.crop_actors[1]),
@@ -561,7 +574,7 @@ def run_extraction(
             ds = ds.map_batches(
                 FeatureStage,
                 fn_constructor_kwargs={"cfg": cfg, "provenance": sconf.provenance, "precision": sconf.features.precision,
-                                       "ledger": ledger, "faults": plan},  # fmt: skip
+                                       "ledger": ledger, "faults": plan, "board": board},  # fmt: skip
                 batch_size=cfg.feature_batch_size,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(min_size=cfg.feature_actors[0], max_size=cfg.feature_actors[1]),
@@ -569,7 +582,10 @@ def run_extraction(
                 num_gpus=cfg.gpus_per_feature_actor or None,
                 resources=cfg.feature_resources or None,
             )
-            ds.write_datasink(FeatureSink(output_uri, epoch=lease.epoch, rows_per_file=cfg.rows_per_file, metadata=metadata))
+            sink = FeatureSink(output_uri, epoch=lease.epoch, rows_per_file=cfg.rows_per_file, metadata=metadata)
+            bars = [Bar(CROPPED, "faces", "video", todo.num_rows), Bar(FEATURED, "features", "video", todo.num_rows)]
+            with watch(board, bars) if board is not None else contextlib.nullcontext():
+                ds.write_datasink(sink)
             ray.kill(ledger)
         wall = time.perf_counter() - t_pipe
         store.compact(lease)

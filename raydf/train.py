@@ -411,6 +411,7 @@ def run_training(
     parent_run_id: str | None = None,
     run_key: str | None = None,
     full_report: bool = True,
+    progress: bool = False,
 ) -> TrainResult:
     """Train on an extraction output, evaluate on its test split, log everything to MLflow.
 
@@ -431,6 +432,7 @@ def run_training(
             resumed instead of creating a second one, so a restored sweep logs one run per trial.
         full_report: log the whole report (plots, ROC data, predictions, the model); False logs
             only the evaluation metrics (``test_roc_auc``, ...), e.g. in Tune trials, to save time.
+        progress: draw a live bar of the epochs (with the current validation loss) on a terminal.
 
     Raises:
         FileNotFoundError: ``features_uri`` is not a raydf feature store.
@@ -472,7 +474,9 @@ def run_training(
         log.warning("the store has no fakes of its own: validation uses self-blended pseudo-fakes")
 
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True)
+        from raydf.console import quiet_ray_kwargs
+
+        ray.init(ignore_reinit_error=True, **quiet_ray_kwargs())
 
     run_id = None
     mlflow_cfg = None
@@ -515,6 +519,12 @@ def run_training(
     try:
         datasets = training_datasets(features_uri, plan, cfg)
         stats = feature_stats(datasets["train"])
+        board = None
+        if progress:
+            from raydf.progress import EpochProgress, ProgressBoard
+
+            board = ProgressBoard.start()
+            callbacks = [*(callbacks or []), EpochProgress(board)]
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
@@ -538,7 +548,13 @@ def run_training(
             ),
             datasets=datasets,
         )
-        result = trainer.fit()
+        if board is not None:
+            from raydf.progress import EPOCHS, Bar, watch
+
+            with watch(board, [Bar(EPOCHS, "training", "epoch", cfg.max_epochs, (S.VAL_LOSS,))]):
+                result = trainer.fit()
+        else:
+            result = trainer.fit()
         with result.checkpoint.as_directory() as d:
             state = load_checkpoint_state(d)
         history = state["history"]
