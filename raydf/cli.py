@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -259,7 +260,7 @@ def _detect(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(out.to_dict()))
         if out.model.warning:
-            print(f"warning: {out.model.warning}", file=sys.stderr)
+            print(f"warning: {out.model.warning}", file=_terminal())
         return 0
     print(out.summary())
     for face in out.faces[1:] if len(out.faces) > 1 else []:
@@ -294,7 +295,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     roots = {k: v for k, v in (("ffpp", args.ffpp), ("celebdf", args.celebdf), ("dfdc", args.dfdc)) if v}
     if not ({"ffpp", "celebdf"} & set(roots)):
-        print("raydf reproduce: error: give --ffpp and/or --celebdf", file=sys.stderr)
+        print("raydf reproduce: error: give --ffpp and/or --celebdf", file=_terminal())
         return 2
     load = lambda path: (yaml.safe_load(open(path)) or {}) if path else {}  # noqa: E731
     result = reproduce(
@@ -335,22 +336,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raydf.config import ConfigError
     from raydf.datasets import ManifestError
     from raydf.models.weights import WeightsError
+    from raydf.lease import LeaseHeld
     from raydf.store import ExtractConfigMismatch
     from raydf.video import VideoDecodeError
 
-    expected = (ConfigError, ManifestError, WeightsError, ExtractConfigMismatch, VideoDecodeError, BundleError, FileNotFoundError)
+    expected = (ConfigError, ManifestError, WeightsError, ExtractConfigMismatch, VideoDecodeError, BundleError, FileNotFoundError, LeaseHeld)
     try:
         return _HANDLERS[args.command](args)
+    except BrokenPipeError:  # `raydf detect x --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except expected as exc:
-        print(f"raydf {args.command}: error: {exc}", file=sys.stderr)
+        print(f"raydf {args.command}: error: {_one_line(exc)}", file=console.terminal())
         return _exit_code(exc)
     except Exception as exc:
         from raydf.extract import ExtractError
 
         if isinstance(exc, ExtractError):
-            print(f"raydf {args.command}: error: {exc}", file=sys.stderr)
+            print(f"raydf {args.command}: error: {_one_line(exc)}", file=console.terminal())
             return 2
         raise
+
+
+def _terminal():  # noqa: ANN202 - a text stream
+    from raydf import console
+
+    return console.terminal()
+
+
+def _one_line(exc: BaseException) -> str:
+    from raydf.tracking import redact
+
+    return redact(" ".join(str(exc).split()))
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -416,7 +433,7 @@ def _tune(args: argparse.Namespace) -> int:
         result = resume_sweep(args.resume, tracking_uri=args.tracking_uri)
     else:
         if not args.features:
-            print("raydf tune: error: --features is required (or --resume PATH)", file=sys.stderr)
+            print("raydf tune: error: --features is required (or --resume PATH)", file=_terminal())
             return 2
         try:
             result = run_sweep(
@@ -427,7 +444,7 @@ def _tune(args: argparse.Namespace) -> int:
                 full_report=args.full_report,
             )
         except ValueError as exc:  # an unknown search space
-            print(f"raydf tune: error: {exc}", file=sys.stderr)
+            print(f"raydf tune: error: {exc}", file=_terminal())
             return 2
     cols = [c for c in result.table.columns if c not in ("mlflow_run_id",)]
     print(result.table[cols].to_string(index=False) if len(result.table) else "(no trials)")

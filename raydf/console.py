@@ -19,9 +19,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["setup", "log_path", "quiet_ray_kwargs", "terminate_on_sigterm"]
+__all__ = ["setup", "terminal", "log_path", "quiet_ray_kwargs", "terminate_on_sigterm"]
 
-_STATE: dict[str, Any] = {"verbose": False, "log_file": None}
+_STATE: dict[str, Any] = {"verbose": False, "log_file": None, "terminal": None}
+
+
+def terminal() -> Any:
+    """The stream that reaches the person at the terminal (stderr before :func:`setup` quietened it)."""
+    return _STATE["terminal"] or sys.stderr
 
 
 class _OwnWarnings(logging.Filter):
@@ -52,7 +57,9 @@ def setup(command: str, *, verbose: bool, log_file: Path | None) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger: the log file, or -v
     warnings.simplefilter("default")
-    console = logging.StreamHandler(sys.stderr)
+    if not verbose:
+        _quiet_stderr(log_file)
+    console = logging.StreamHandler(terminal())
     if verbose:
         console.setLevel(logging.DEBUG)
         console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -78,6 +85,36 @@ def setup(command: str, *, verbose: bool, log_file: Path | None) -> None:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _quiet_stderr(log_file: Path | None) -> None:
+    """Point file descriptor 2 at the log file (or /dev/null) and keep the terminal for raydf.
+
+    Ray's, MLflow's and FFmpeg's own output -- Python handlers bound to ``sys.stderr``, C++ logs of
+    Ray's core worker, native libraries, and the Ray processes this command starts -- writes to
+    fd 2, so it lands in the log file; raydf's console lines, progress bars and errors use
+    :func:`terminal`, a copy of the original stderr. An uncaught exception still reaches the
+    terminal, as one line naming the log file (its traceback is in the file).
+    """
+    if _STATE["terminal"] is not None:
+        return
+    sys.stderr.flush()
+    keep = os.dup(2)
+    _STATE["terminal"] = os.fdopen(keep, "w", buffering=1, encoding="utf-8", errors="replace")
+    log_file_path = log_file if log_file is not None else Path(os.devnull)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    target = os.open(log_file_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(target, 2)
+    os.close(target)
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        previous(kind, exc, tb)  # the traceback, to fd 2: the log file
+        where = f" (details in {log_file})" if log_file is not None else " (run with -v for details)"
+        print(f"raydf: internal error: {kind.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{where}", file=terminal())
+
+    sys.excepthook = hook
 
 
 def quiet_ray_kwargs() -> dict[str, Any]:

@@ -59,7 +59,8 @@ def run_demo(workdir: str | Path = "demo", *, videos: int | None = None, trackin
     ok = table.filter(pc.equal(table[S.STATUS], S.STATUS_OK))
     content, style = S.stack_column(ok, S.CONTENT), S.stack_column(ok, S.STYLE)
     valid = S.stack_column(ok, S.FACE_VALID)
-    print(f"[2/3] extraction: {summary.ok}/{summary.total} videos ok, {summary.error} errors ({summary.wall_s:.0f}s, {summary.videos_per_s:.2f} videos/s)")
+    done = f"{summary.processed} extracted now ({summary.wall_s:.0f}s, {summary.videos_per_s:.2f} videos/s)" if summary.processed else "all already extracted"
+    print(f"[2/3] extraction: {summary.ok}/{summary.total} videos ok, {summary.error} errors; {done}")
     print(f"      features per video: content {tuple(content.shape[1:])}, style {tuple(style.shape[1:])}; "
           f"faces found in {valid.mean():.0%} of sampled frames")  # fmt: skip
     print("      mean stage seconds per video: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.stage_s.items()))
@@ -75,11 +76,6 @@ def run_demo(workdir: str | Path = "demo", *, videos: int | None = None, trackin
         print(f"\n{name} split: {m['n']} held-out videos ({m['n_real']} real, {m['n_fake']} fake), "
               f"video score = {result.aggregation} over face tracks\n")  # fmt: skip
         print(overall_table(m))
-    from raydf.bundle import ModelBundle
-
-    warning = ModelBundle.load(result.model_path).warning
-    if warning:
-        print(f"\nwarning: {warning}")
     clip = sorted((data / "fake").glob("*.mp4"))[0]
     print(f"\ndone in {time.perf_counter() - t0:.0f}s. Model: {result.model_path} (MLflow run {result.run_id})")
     print("next:")

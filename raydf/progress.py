@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -71,7 +70,10 @@ def watch(board: Any, bars: Sequence[Bar]) -> Iterator[None]:
     """Draw ``bars`` from ``board`` while the block runs (a daemon thread polls every 0.5 s)."""
     from tqdm.auto import tqdm
 
-    drawn = [tqdm(total=b.total, desc=b.desc, unit=b.unit, disable=None, leave=True, dynamic_ncols=True, file=sys.stderr) for b in bars]
+    from raydf.console import terminal
+
+    out = terminal()
+    drawn = [tqdm(total=b.total, desc=b.desc, unit=b.unit, disable=None, leave=True, dynamic_ncols=True, file=out) for b in bars]
     if all(d.disable for d in drawn):  # not a terminal: nothing to draw, no polling
         yield
         return
