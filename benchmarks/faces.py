@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 SIZES = ((640, 480), (1920, 1080))
 IOU_FOUND = 0.4  # a ground-truth face is found by a detection overlapping it this much
 # skimage.data images without a human face, used as backgrounds (grayscale ones are stacked to RGB)
-BACKGROUNDS = ("coffee", "rocket", "chelsea", "hubble_deep_field", "immunohistochemistry", "colorwheel", "grass", "brick", "gravel", "coins")
+BACKGROUNDS = (
+    "coffee", "rocket", "chelsea", "hubble_deep_field", "immunohistochemistry", "colorwheel", "grass", "brick", "gravel", "coins",
+)  # fmt: skip
 _HEAD = ((224.0, 112.0), (62.0, 82.0))  # astronaut's head ellipse (centre x, y; half axes) in the 512x512 image
 
 
@@ -149,8 +151,9 @@ def benchmark_set(width: int, height: int, frames: int, seed: int = 0) -> tuple[
                 edge = rng.uniform() < 0.2
                 if edge:
                     side, out = int(rng.integers(4)), rng.uniform(0.2, 0.45)
-                    cx = rng.uniform(bw / 2, width - bw / 2) if side in (0, 1) else (bw / 2 - out * bw if side == 2 else width - bw / 2 + out * bw)
-                    cy = rng.uniform(bh / 2, height - bh / 2) if side in (2, 3) else (bh / 2 - out * bh if side == 0 else height - bh / 2 + out * bh)
+                    # side 0/1: cut by the top/bottom edge, 2/3: by the left/right edge, `out` of the box outside
+                    cx = rng.uniform(bw / 2, width - bw / 2) if side < 2 else (bw / 2 - out * bw if side == 2 else width - bw / 2 + out * bw)
+                    cy = rng.uniform(bh / 2, height - bh / 2) if side >= 2 else (bh / 2 - out * bh if side == 0 else height - bh / 2 + out * bh)
                 else:
                     cx, cy = rng.uniform(bw / 2, width - bw / 2), rng.uniform(bh / 2, height - bh / 2)
                 box = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
@@ -285,7 +288,8 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:  # noqa: ARG001 - frames a
         diff = 100 * abs(rec["raydf"]["all"] - rec["reference"]["all"])
         result.ratio(f"face detection recall difference, raydf vs facenet MTCNN, points ({tag})", diff, 1.0, "<=",
                      f"{rec['raydf']['all']:.3f} vs {rec['reference']['all']:.3f} of {n_all} faces "
-                     f"({counts['small']} of 40-80 px, {counts['edge']} cut by the edge, {counts['multi-face frames']} multi-face frames)")  # fmt: skip
+                     f"({counts['small']} of 40-80 px, {counts['edge']} cut by the edge, "
+                     f"{counts['multi-face frames']} multi-face frames)")  # fmt: skip
         result.ratio(f"face detection fps / facenet MTCNN fps at equal recall ({tag}, 1 thread, CPU time)", one["speedup"], 3.0, ">=",
                      f"{one['raydf_fps']:.1f} vs {one['reference_fps']:.1f} frames/s; CPU {capability}; "
                      f"min face {cfg.min_face_size} px and thresholds {tuple(cfg.thresholds)} for both")  # fmt: skip

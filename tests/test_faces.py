@@ -54,7 +54,9 @@ def kinds() -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
         "one face": _frames((640, 480), "coffee", [[p(150, 300, 240)], [p(140, 320, 250, roll=8)]]),
         "several faces": _frames((800, 600), "rocket", [[p(60, 100, 100), p(120, 400, 300, roll=-10), p(220, 650, 380, squeeze=0.85)]]),
         "small faces": _frames((1280, 720), "grass", [[p(45, 200, 200), p(55, 600, 360, roll=5), p(70, 1000, 500)]]),
-        "cut by the edge": _frames((640, 480), "chelsea", [[p(260, x, 240)] for x in (100, 60, 40, 20)] + [[p(200, 600, 240)], [p(240, 320, 440)]]),
+        "cut by the edge": _frames(  # sliding out of the left edge, then cut by the right and the bottom edge
+            (640, 480), "chelsea", [[p(260, x, 240)] for x in (100, 60, 40, 20)] + [[p(200, 600, 240)], [p(240, 320, 440)]]
+        ),
         "odd size 321x239": _frames((321, 239), "hubble_deep_field", [[p(80, 150, 120)], [p(90, 40, 200)]]),
         "no face": _frames((640, 480), "brick", [[], []]),
         "grayscale": _frames((640, 480), "colorwheel", [[p(120, 200, 240), p(70, 500, 120)]], gray=True),
@@ -74,8 +76,10 @@ def reference(kinds) -> dict[str, list[np.ndarray]]:
     try:
         for name, (frames, _) in kinds.items():
             boxes, probs = mtcnn.detect(frames)
-            out[name] = [np.zeros((0, 5)) if b is None else np.concatenate([np.asarray(b, np.float64), np.asarray(p, np.float64)[:, None]], 1)
-                         for b, p in zip(boxes, probs, strict=True)]  # fmt: skip
+            out[name] = [
+                np.zeros((0, 5)) if b is None else np.concatenate([np.asarray(b, np.float64), np.asarray(p, np.float64)[:, None]], 1)
+                for b, p in zip(boxes, probs, strict=True)
+            ]
     finally:
         torch.set_num_threads(threads)
     return out
@@ -103,7 +107,7 @@ def test_detector_equals_facenet_mtcnn_detect(kind, kinds, reference, detector):
     frames, truth = kinds[kind]
     ours = detector(frames, CFG.min_face_size)
     _assert_same(ours, reference[kind], kind)
-    found = sum(int((np.array([box_iou(g, d) for d in det[:, :4]]) >= 0.4).any()) for gts, det in zip(truth, ours, strict=True) for g in gts)
+    found = sum(any(box_iou(g, d) >= 0.4 for d in det[:, :4]) for gts, det in zip(truth, ours, strict=True) for g in gts)
     assert found >= {"small faces": 3, "cut by the edge": 4}.get(kind, sum(len(g) for g in truth)), f"{kind}: {found} faces found"
 
 
@@ -170,7 +174,8 @@ def test_area_resampling_equals_torch_interpolate_area():
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     ref = (torch.nn.functional.interpolate(x, size=(40, 53), mode="area") - 127.5) * 0.0078125
     np.testing.assert_allclose(_area_level(table, 40, 53, torch.device("cpu")).numpy(), ref.numpy(), atol=1e-6)
-    crop = _area_crops(table, torch.tensor([1]), torch.tensor([10]), torch.tensor([29]), torch.tensor([5]), torch.tensor([70]), 24, torch.device("cpu"))
+    y0, y1, x0, x1 = (torch.tensor([v]) for v in (10, 29, 5, 70))
+    crop = _area_crops(table, torch.tensor([1]), y0, y1, x0, x1, 24, torch.device("cpu"))
     ref = (torch.nn.functional.interpolate(x[1:, :, 10:29, 5:70], size=(24, 24), mode="area") - 127.5) * 0.0078125
     np.testing.assert_allclose(crop.numpy(), ref.numpy(), atol=1e-6)
 
