@@ -14,8 +14,7 @@
 * Faithful per-video cost: the reference and raydf's stages with the faithful
   ``psp_ir_se50`` on one video (two in full mode), process CPU-s with one thread;
   raydf in fp32 and in bf16 (CPU ``avx512_bf16``).
-* Face detection: reference MTCNN (facenet defaults, full resolution) against
-  ``FaceCropper.detect`` on the same sampled 640x480 frames.
+Face detection against facenet's MTCNN is the ``faces`` suite (equal minimum face size, equal recall).
 """
 
 from __future__ import annotations
@@ -235,34 +234,6 @@ def faithful_cost(cfg, paths: list[str]) -> dict[str, Any]:  # noqa: ANN001
     }
 
 
-def face_detection(cfg, path: str, reps: int) -> dict[str, Any]:  # noqa: ANN001
-    """Frames/s of the reference MTCNN and of FaceCropper.detect on the same sampled 640x480 frames."""
-    from facenet_pytorch import MTCNN
-
-    from raydf.faces import FaceCropper
-    from raydf.video import read_video
-
-    frames = read_video(path, max(16, cfg.video.num_frames)).frames
-    ref = MTCNN(keep_all=True, device="cpu")
-    ours = FaceCropper(cfg.faces)
-    out: dict[str, Any] = {"frames": len(frames), "size": f"{frames.shape[2]}x{frames.shape[1]}"}
-    for threads in (cores(), 1):
-        with torch_threads(threads):
-            ref.detect(frames)
-            ours.detect(frames)
-            r_ref, r_ours, ratios = [], [], []
-            for _ in range(reps):
-                a, _ = timed(lambda: ref.detect(frames))
-                b, _ = timed(lambda: ours.detect(frames))
-                key = "wall" if threads > 1 else "cpu"
-                ta, tb = getattr(a, key), getattr(b, key)
-                r_ref.append(len(frames) / ta)
-                r_ours.append(len(frames) / tb)
-                ratios.append(ta / tb)
-            out[f"{threads}t"] = {"reference_fps": median(r_ref), "raydf_fps": median(r_ours), "speedup": median(ratios)}
-    return out
-
-
 def run(*, quick: bool, workdir: str) -> SuiteResult:
     from raydf.config import ExtractConfig, StyleConfig, VideoConfig
 
@@ -335,15 +306,6 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
     result.ratio("pipeline / naive loop (steady state)", pipe["videos_per_s"] / naive["videos_per_s"], 1.2, ">=",
                  f"end to end (fixed costs included): {pipe['end_to_end_videos_per_s'] / naive['end_to_end_videos_per_s']:.2f}")  # fmt: skip
 
-    log.info("extract: face detection")
-    det = face_detection(cfg, paths[0], 3)
-    result.tables["face detection (MTCNN, 640x480)"] = [
-        {"threads": k, **{kk: round(vv, 2) for kk, vv in v.items()}} for k, v in det.items() if isinstance(v, dict)
-    ]
-    result.ratio("face detection fps / reference MTCNN fps (640x480, all cores)", det[f"{n_cores}t"]["speedup"], 3.0, ">=",
-                 f"{det[f'{n_cores}t']['raydf_fps']:.1f} vs {det[f'{n_cores}t']['reference_fps']:.1f} frames/s; "
-                 f"1 thread CPU: {det['1t']['speedup']:.2f}x")  # fmt: skip
-
     log.info("extract: faithful per-video cost")
     with torch_threads(1):
         faith = faithful_cost(base, paths[: 1 if quick else 2])
@@ -360,7 +322,6 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
     result.config["stage_cpu_s"] = costs["cpu"]
     result.config["naive"] = naive
     result.config["pipeline_runs"] = pipe
-    result.config["face_detection"] = det
     result.notes.append(
         f"Quick mode: {len(paths)} videos at T={t_frames}, pipeline and naive loop with {style}; the faithful per-video "
         "cost always uses psp_ir_se50." if quick else f"{len(paths)} videos at T={t_frames} with {style}."

@@ -9,7 +9,8 @@ from typing import Any
 __all__ = ["render", "load_suite"]
 
 _DESCRIPTIONS = {
-    "extract": "Ray Data pipeline vs the naive per-video loop; each stage alone; face detection; faithful per-video cost.",
+    "extract": "Ray Data pipeline vs the naive per-video loop; each stage alone; faithful per-video cost.",
+    "faces": "raydf's MTCNN vs facenet-pytorch's MTCNN at the same minimum face size and thresholds, at equal recall (640x480, 1920x1080).",
     "models": "pSp and slow_r50 achieved GFLOP/s / this machine's fp32 matmul peak, measured in the same run.",
     "ingest": "Ray Data -> Ray Train training steps/s / the same loop over in-memory tensors.",
     "detect": "`raydf detect` on a 10 s 640x480 clip / the sum of its stages run alone.",
