@@ -21,6 +21,18 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DATA = Path(__file__).parent / "data"
 
 
+def pytest_configure(config):
+    """SIGTERM (a CI timeout, `timeout make test`) stops the run the way Ctrl-C does, so the session's
+    fixtures are torn down: its Ray head, the moto server and any MLflow server end with it."""
+    import signal
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_random_init_warning():
     from raydf.models.weights import RandomInitWarning
