@@ -92,6 +92,9 @@ def test_rerun_with_another_config_is_refused(extracted):
         run_extraction(str(extracted.data), str(extracted.features), small_cfg(video={"num_frames": 16}), track=False)
     with pytest.raises(ExtractConfigMismatch, match="style"):
         run_extraction(str(extracted.data), str(extracted.features), small_cfg(style={"config": "psp_tiny", "seed": 1}), track=False)
+    # a resume at another precision (bf16 here, or fp16 on a GPU node) would mix precisions in one store
+    with pytest.raises(ExtractConfigMismatch, match="precision"):
+        run_extraction(str(extracted.data), str(extracted.features), small_cfg(cpu_precision="bf16"), track=False)
 
 
 def test_extraction_run_is_logged_to_mlflow_with_its_dataset(extracted):
