@@ -266,6 +266,9 @@ class ExtractConfig:
     # A video whose processing kills its actor this many times becomes an error row (quarantined)
     # instead of being retried forever (a decoder segfault, the OOM killer).
     max_crashes: int = 2
+    # The output's lease: a holder that is dead on this host is taken over at once; a silent one
+    # (no heartbeat, e.g. on another host) after this many seconds.
+    lease_timeout_s: float = 300.0
     feature_threads: int = 0  # torch threads per feature actor; 0 = every core of the node (Ray
     # would pin it to int(num_cpus)); the feature stage dominates, so it takes the idle cores
     crop_threads: int = 1  # torch threads per crop actor (MTCNN)
@@ -280,6 +283,7 @@ class ExtractConfig:
         _check(self.rows_per_file >= 1, "rows_per_file must be >= 1")
         _check(self.pseudo_fakes in PSEUDO_FAKES, f"pseudo_fakes must be one of {PSEUDO_FAKES}, got {self.pseudo_fakes!r}")
         _check(self.max_crashes >= 1, "max_crashes must be >= 1")
+        _check(self.lease_timeout_s > 0, "lease_timeout_s must be > 0")
 
 
 @dataclass(frozen=True)

@@ -541,7 +541,7 @@ def run_extraction(
     feature_device = "cuda" if cfg.gpus_per_feature_actor else "cpu"
     sconf = store_config(cfg, precision=resolve_precision(cfg, feature_device), decoder=decoder_identity(cfg.video.backend))
     store = FeatureStore(output_uri)
-    with store.acquire_lease() as lease:
+    with store.acquire_lease(stale_after_s=cfg.lease_timeout_s) as lease:
         store.ensure_config(lease, sconf.features.to_dict(), sconf.provenance.to_dict())
         store.compact(lease)
         identities = manifest_identities(manifest)
