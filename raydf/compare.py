@@ -49,10 +49,6 @@ class BestRun:
     metrics: dict[str, float]
     tags: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def auc(self) -> float:
-        return self.metrics.get(self.ranked_by, math.nan)
-
 
 @dataclass(frozen=True)
 class Comparison:

@@ -3,7 +3,7 @@
 Column names, Arrow types and shapes of the manifest and of the feature
 Parquet live here and nowhere else. Feature arrays are stored as nested Arrow
 lists (``list<fixed_size_list<float32, D>>``) so plain ``pyarrow`` and pandas
-read them without Ray; :func:`row_arrays` / :func:`stack_column` turn them
+read them without Ray; :func:`stack_column` turns them
 back into numpy::
 
     import pyarrow.parquet as pq
@@ -159,14 +159,6 @@ def matrix_array(rows: list[np.ndarray | None], width: int) -> pa.Array:
 def vector_array(rows: list[np.ndarray | None], typ: pa.DataType) -> pa.Array:
     """Build a ``list<typ>`` array from per-row 1-D arrays (``None`` -> null)."""
     return pa.array([None if r is None else np.asarray(r).tolist() for r in rows], pa.list_(typ))
-
-
-def row_arrays(value: Any, width: int | None = None, dtype: Any = np.float32) -> np.ndarray:
-    """One cell of a list column (as pandas or ``to_pylist`` gives it) -> numpy array."""
-    if value is None:
-        raise ValueError("null feature cell (an error row?)")
-    arr = np.asarray([np.asarray(v, dtype=dtype) for v in value], dtype=dtype) if width else np.asarray(value, dtype=dtype)
-    return arr.reshape(-1, width) if width else arr
 
 
 def stack_column(table: pa.Table, column: str) -> np.ndarray:

@@ -400,7 +400,7 @@ class FeatureStore:
             return pq.read_table(f, columns=columns)
 
     # ---- the resolved view -------------------------------------------------------------------------------
-    def _index(self, *, on_broken: str = "skip") -> tuple[_Index, list[PartInfo]]:
+    def _index(self) -> tuple[_Index, list[PartInfo]]:
         """Key columns of every part and the winners; (index, unreadable parts)."""
         for attempt in range(4):
             parts = self.parts()
