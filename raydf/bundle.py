@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from raydf.config import ConfigError, ExtractConfig, FusionConfig, StoreConfig, load_config, parse_provenance, to_dict
+from raydf import tracking
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +258,6 @@ def resolve_model(model: str | None, tracking_uri: str | None = None) -> tuple[M
         NoModelError: the path does not exist, or the store holds no trained model (or does not exist).
         BundleError: the model exists but cannot be read as a bundle.
     """
-    from raydf import tracking
-
     if model and not model.startswith(("runs:/", "models:/")):
         path = Path(model)
         if path.is_dir():

@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from raydf.tracking import raydf_home
+
 __all__ = ["setup", "terminal", "log_path", "quiet_ray_kwargs", "terminate_on_sigterm"]
 
 _STATE: dict[str, Any] = {"verbose": False, "log_file": None, "terminal": None}
@@ -44,8 +46,6 @@ class _Plain(logging.Formatter):
 
 def log_path(command: str) -> Path:
     """Where a command's log file goes (not created here)."""
-    from raydf.tracking import raydf_home
-
     return raydf_home() / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 

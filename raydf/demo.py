@@ -17,6 +17,9 @@ import pyarrow.compute as pc
 
 from raydf import schema as S
 from raydf.config import ExtractConfig, TrainConfig, load_config
+from raydf.store import FeatureStore
+from raydf.synth import make_dataset
+from raydf.tracking import redact, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +43,6 @@ def run_demo(workdir: str | Path = "demo", *, videos: int | None = None, trackin
     """Run the demo and print its report (a few dozen lines). Returns a process exit code."""
     from raydf.evaluate import overall_table
     from raydf.extract import run_extraction
-    from raydf.store import FeatureStore
-    from raydf.synth import make_dataset
-    from raydf.tracking import redact, resolve_tracking_uri
     from raydf.train import run_training
 
     work = Path(workdir).resolve()

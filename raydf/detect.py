@@ -47,7 +47,7 @@ import numpy as np
 from raydf import schema as S
 from raydf.bundle import BundleError, ExtractorMismatch, ModelBundle, resolve_model
 from raydf.extract import CropStage, ExtractError, FeatureStage, crop_one, expected_provenance, features_one
-from raydf.video import VideoDecodeError
+from raydf.video import SampledVideo, VideoDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,6 @@ class Detector:
         Raises:
             ExtractError: face detection failed.
         """
-        from raydf.video import SampledVideo
-
         t = len(frames)
         video = SampledVideo(frames=tuple(frames), indices=np.arange(first_index, first_index + t, dtype=np.int32),
                              times=np.asarray(times, np.float64), num_frames=t, fps=0.0, backend="stream", rotation=0)  # fmt: skip

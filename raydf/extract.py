@@ -30,8 +30,16 @@ from raydf import schema as S
 from raydf.config import ExtractConfig, FeatureConfig, Provenance, StoreConfig, to_dict
 from raydf.faces import FaceCropper
 from raydf.faults import FaultPlan
+from raydf.console import quiet_ray_kwargs
+from raydf.datasets import SkipReport, build_manifest, check_unique_ids, skip_report
+from raydf.faults import CrashLedger
+from raydf.models.weights import WeightsError
+from raydf.pseudofake import PSEUDO_METHOD, blend_seed, pseudo_video_id, self_blend
+from raydf.sources import manifest_identities, with_source_columns
+from raydf.store import FeatureStore
+from raydf import tracking
 from raydf.tracking import redact_uri
-from raydf.video import SampledVideo, VideoDecodeError, read_video
+from raydf.video import SampledVideo, VideoDecodeError, decoder_identity, read_video
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +109,6 @@ def store_config(cfg: ExtractConfig, *, precision: str, decoder: str) -> StoreCo
 def _file_sha256(uri: str) -> str:
     import fsspec
 
-    from raydf.models.weights import WeightsError
 
     h = hashlib.sha256()
     try:
@@ -274,8 +281,6 @@ class CropStage:
 
     def _pseudo_fake(self, base: dict[str, Any], video: Any, main: Any) -> list[dict[str, Any]]:
         """The self-blended pseudo-fake of a real video: its main face blended into itself, same frames."""
-        from raydf.pseudofake import PSEUDO_METHOD, blend_seed, pseudo_video_id, self_blend
-
         real_id = base[S.VIDEO_ID]
         blend = self_blend(video.frames, main.boxes, valid=main.valid, seed=blend_seed(real_id, self.cfg.pseudo_seed), cfg=self.cfg.self_blend)
         if not blend.applied.any():
@@ -520,15 +525,9 @@ def run_extraction(
 
     import ray
 
-    from raydf.datasets import SkipReport, build_manifest, check_unique_ids, skip_report
-    from raydf.console import quiet_ray_kwargs
     from raydf.features import resolve_precision
-    from raydf.faults import CrashLedger
     from raydf.progress import CROPPED, FEATURED, Bar, ProgressBoard, watch
     from raydf.sink import FeatureSink
-    from raydf.sources import manifest_identities, with_source_columns
-    from raydf.store import FeatureStore
-    from raydf.video import decoder_identity
 
     cfg = cfg or ExtractConfig()
     t_start = time.perf_counter()
@@ -583,7 +582,7 @@ def run_extraction(
                 resources=cfg.feature_resources or None,
             )
             sink = FeatureSink(output_uri, epoch=lease.epoch, rows_per_file=cfg.rows_per_file, metadata=metadata)
-            bars = [Bar(CROPPED, "faces", "video", todo.num_rows), Bar(FEATURED, "features", "video", todo.num_rows)]
+            bars = [Bar(FEATURED, "extraction", "video", todo.num_rows, postfix=(CROPPED,))]
             with watch(board, bars) if board is not None else contextlib.nullcontext():
                 ds.write_datasink(sink)
             ray.kill(ledger)
@@ -634,8 +633,6 @@ def _summarise(store: Any, manifest: pa.Table, processed: int, wall: float, scon
 
 def _track(summary: ExtractSummary, cfg: ExtractConfig, input_uri: str, store: Any, tracking_uri: str | None) -> ExtractSummary:
     import mlflow
-
-    from raydf import tracking
 
     mlflow.set_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
     exp = tracking.get_or_create_experiment(tracking.EXTRACT_EXPERIMENT)

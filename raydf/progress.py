@@ -62,12 +62,16 @@ class Bar:
     desc: str
     unit: str
     total: int | None
-    postfix: tuple[str, ...] = ()  # board values shown as key=value
+    postfix: tuple[str, ...] = ()  # board values or counters shown as key=value
 
 
 @contextlib.contextmanager
 def watch(board: Any, bars: Sequence[Bar]) -> Iterator[None]:
-    """Draw ``bars`` from ``board`` while the block runs (a daemon thread polls every 0.5 s)."""
+    """Draw ``bars`` from ``board`` while the block runs (a daemon thread polls every 0.5 s).
+
+    One bar redraws in place (``\r``); several bars move the cursor between lines and print a
+    newline per update, so a command shows one bar at a time.
+    """
     from tqdm.auto import tqdm
 
     from raydf.console import terminal
@@ -85,7 +89,8 @@ def watch(board: Any, bars: Sequence[Bar]) -> Iterator[None]:
         snap = ray.get(board.snapshot.remote(), timeout=30)
         for spec, bar in zip(bars, drawn):
             bar.n = snap["counts"].get(spec.key, 0)
-            post = {k: snap["values"][k] for k in spec.postfix if k in snap["values"]}
+            known = {**snap["counts"], **snap["values"]}
+            post = {k: known[k] for k in spec.postfix if k in known}
             if post:
                 bar.set_postfix({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in post.items()}, refresh=False)
             bar.refresh()

@@ -24,8 +24,12 @@ import torch
 from torch import nn
 
 from raydf import schema as S
+from raydf import tracking
 from raydf.bundle import BUNDLE_FILE, ModelBundle, TrainInfo
 from raydf.config import FusionConfig, StoreConfig, TrainConfig, load_config, to_dict
+from raydf.console import quiet_ray_kwargs
+from raydf.models.fusion import FusionClassifier
+from raydf.recipe import EarlyStopping, make_optimizer, make_scheduler, mixup, pos_weight, seed_everything
 from raydf.scoring import Predictions, predict_features
 from raydf.splits import SplitPlan, load_index, plan_splits
 from raydf.store import FeatureStore
@@ -133,8 +137,6 @@ def run_epoch(
 
     Returns sums (loss, correct, n) and, when evaluating, the probabilities and labels.
     """
-    from raydf.recipe import mixup
-
     training = optimizer is not None
     model.train(training)
     loss_sum, correct, n = 0.0, 0.0, 0
@@ -272,8 +274,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from raydf.evaluate import compute_metrics
-    from raydf.models.fusion import FusionClassifier
-    from raydf.recipe import EarlyStopping, make_optimizer, make_scheduler, seed_everything
 
     cfg = load_config(TrainConfig, config["train"])
     ctx = ray.train.get_context()
@@ -442,8 +442,6 @@ def run_training(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raydf import tracking
-    from raydf.recipe import pos_weight
 
     cfg = cfg or TrainConfig()
     name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -474,8 +472,6 @@ def run_training(
         log.warning("the store has no fakes of its own: validation uses self-blended pseudo-fakes")
 
     if not ray.is_initialized():
-        from raydf.console import quiet_ray_kwargs
-
         ray.init(ignore_reinit_error=True, **quiet_ray_kwargs())
 
     run_id = None

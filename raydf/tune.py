@@ -40,6 +40,7 @@ from typing import Any
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raydf import schema as S
+from raydf import tracking
 from raydf.config import TrainConfig, load_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,8 @@ def max_concurrent_trials(
 
 # ---- storage -----------------------------------------------------------------------------------------
 def _abs_storage(storage_path: str | None) -> str:
-    from raydf.tracking import raydf_home
-
     if not storage_path:
-        return str(raydf_home() / "ray_results")
+        return str(tracking.raydf_home() / "ray_results")
     return storage_path.rstrip("/") if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
 
 
@@ -361,9 +360,7 @@ class SweepResult:
             out.append(f"best trial {self.best_trial_id}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.best_metrics.items()))
             out.append("best config: " + json.dumps(self.best_config, sort_keys=True, default=str))
         if self.parent_run_id:
-            from raydf.tracking import redact
-
-            out.append(f"mlflow parent run: {self.parent_run_id} (experiment {self.experiment_id}, {redact(self.tracking_uri or '')})")
+            out.append(f"mlflow parent run: {self.parent_run_id} (experiment {self.experiment_id}, {tracking.redact(self.tracking_uri or '')})")
         return out
 
 
@@ -450,8 +447,6 @@ def _start_parent(spec: SweepSpec, artifact_location: str | None, settings: dict
     """Create the sweep's parent run; returns (experiment id, run id)."""
     from mlflow.entities import Param
 
-    from raydf import tracking
-
     client = _client(spec.tracking_uri)
     exp = tracking.get_or_create_experiment(spec.experiment, artifact_location)
     if artifact_location and client.get_experiment(exp).artifact_location.rstrip("/") != artifact_location.rstrip("/"):
@@ -481,8 +476,6 @@ def _finish_mlflow(client, spec: SweepSpec, result: SweepResult, attempt: int) -
     import tempfile
 
     from mlflow.entities import Metric, Param
-
-    from raydf import tracking
 
     parent = spec.parent_run_id
     children = _child_runs(client, result.experiment_id, parent)
@@ -589,8 +582,6 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from raydf import tracking
-
     t0 = time.perf_counter()
     base = base or TrainConfig()
     name = name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -672,8 +663,6 @@ def resume_sweep(path: str, *, tracking_uri: str | None = None) -> SweepResult:
     path = _abs_storage(path)
     spec = read_sweep_spec(path)
     if tracking_uri and spec.track:
-        from raydf import tracking
-
         spec = dataclasses.replace(spec, tracking_uri=tracking.strip_userinfo(tracking.resolve_tracking_uri(tracking_uri)))
     spec = dataclasses.replace(spec, attempts=spec.attempts + 1)
     _write_spec(spec)
