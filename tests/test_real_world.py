@@ -126,3 +126,59 @@ def test_two_people_are_two_tracks_with_the_subject_first(odd_run):
     area = lambda r: np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b, v in zip(r[S.FACE_BOXES], r[S.FACE_VALID]) if v])  # noqa: E731
     assert area(main) > 2 * area(other) and main[S.TRACK_SCORE] > other[S.TRACK_SCORE]
     assert np.mean([b[0] for b, v in zip(main[S.FACE_BOXES], main[S.FACE_VALID]) if v]) < 160  # the subject is on the left
+
+
+# ---- raydf detect on the same kinds of input ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_track_bundle(tmp_path_factory):
+    """A model bundle over the features of this module's config (max_tracks=2, T=8, psp_tiny)."""
+    import torch
+
+    from raydf.bundle import ModelBundle
+    from raydf.config import FusionConfig
+    from raydf.extract import store_config
+    from raydf.models.fusion import FusionClassifier
+
+    cfg = load_config(ExtractConfig, {"style": {"config": "psp_tiny"}, "video": {"num_frames": T}, "faces": {"max_tracks": 2}})
+    torch.manual_seed(0)
+    fusion = load_config(FusionConfig, {"gru_hidden": 32, "d_model": 32, "transformer_heads": 2, "ff_dim": 32, "fc_hidden": 16, "transformer_layers": 1})
+    bundle = ModelBundle(FusionClassifier(fusion).state_dict(), fusion, store_config(cfg, precision="fp32", decoder="pyav=test"))
+    return bundle.save(tmp_path_factory.mktemp("bundle") / "raydf_model.pt")
+
+
+def test_detect_scores_every_person_and_reports_the_maximum(two_track_bundle, odd_dataset):
+    from raydf.bundle import ModelBundle
+    from raydf.detect import Detector
+
+    det = Detector(ModelBundle.load(two_track_bundle), str(two_track_bundle))
+    out = det(str(odd_dataset / "real" / "two_people.mp4"))
+    assert [f.track_id for f in out.faces] == [0, 1]
+    assert out.fake_probability == max(f.fake_probability for f in out.faces) and out.aggregation == "max"
+    assert all(len(f.boxes) == T for f in out.faces) and out.faces[0].track_score > out.faces[1].track_score
+    assert [fr.index for fr in out.frames] == sorted(fr.index for fr in out.frames) and len(out.frames) == T
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "audio", "huge"])
+def test_detect_answers_any_bad_input_in_one_line_with_exit_code_2(kind, two_track_bundle, odd_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.media import write_audio_only, write_declared_size_vp8
+
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = (odd_dataset / "real" / "good_a.mp4").read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "text":
+        path.write_text("not a video\n" * 20)
+    elif kind == "audio":
+        write_audio_only(path)
+    else:
+        path = write_declared_size_vp8(tmp_path / "huge.webm", 16000, 9000)  # 16K: over the pixel cap
+    out = subprocess.run([sys.executable, "-m", "raydf.cli", "detect", str(path), "--model", str(two_track_bundle)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("raydf detect: error: ") and path.name in out.stderr
