@@ -30,13 +30,18 @@ and ``POST /v1/detect``)::
       "explanation": null | {...}        # raydf.explain, with --explain
     }
 
-``frames[i].evidence`` is the deciding track's per-frame importance to the fake logit
-(integrated gradients over the style and content sequences, :mod:`raydf.explain`), null
-where the frame has no face.
+``frames[i].evidence`` is the deciding track's per-frame attribution of the fake logit
+(integrated gradients over the style and content sequences, :mod:`raydf.explain`; logit units,
+positive pushes towards fake), null where the frame has no face. ``explanation`` (with
+``--explain``) is :meth:`raydf.explain.Explanation.to_dict` of the deciding track -- ``when``
+(per-frame scores, method, baseline, completeness gap), ``where`` (SmoothGrad heat maps of the
+most important frames as 32x32 lists, and ``overlays``: PNG data URLs of each map on its crop)
+-- plus its ``track_id``.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -46,7 +51,9 @@ import numpy as np
 
 from raydf import schema as S
 from raydf.bundle import BundleError, ExtractorMismatch, ModelBundle, resolve_model
-from raydf.extract import CropStage, ExtractError, FeatureStage, crop_one, expected_provenance, features_one
+from raydf.explain import explain as explain_verdict
+from raydf.explain import frame_importance, overlay_png
+from raydf.extract import CROPS, CropStage, ExtractError, FeatureStage, crop_one, expected_provenance, features_one
 from raydf.video import SampledVideo, VideoDecodeError
 
 log = logging.getLogger(__name__)
@@ -59,7 +66,6 @@ __all__ = [
     "DetectResult",
     "Detector",
     "detect",
-    "frame_evidence",
     "BundleError",
 ]
 
@@ -234,15 +240,31 @@ class Detector:
             valid = torch.from_numpy(np.stack([np.asarray(r[S.FACE_VALID], bool) for r in rows]))  # (n, T)
             return torch.sigmoid(self.model(content, style, valid)).numpy().astype(np.float64)
 
-    def score(self, rows: list[dict[str, Any]], name: str, *, timings: dict[str, float] | None = None, explain: bool = False) -> DetectResult:
-        """Classify feature rows of one clip into a :class:`DetectResult`."""
+    def score(
+        self,
+        rows: list[dict[str, Any]],
+        name: str,
+        *,
+        timings: dict[str, float] | None = None,
+        explain: bool = False,
+        crop_rows: list[dict[str, Any]] | None = None,
+    ) -> DetectResult:
+        """Classify feature rows of one clip into a :class:`DetectResult`.
+
+        ``frames[i].evidence`` is always the deciding track's integrated-gradients attribution per
+        frame (cheap: the fusion model only). With ``explain`` (and the clip's ``crop_rows``, which
+        hold the face crops) the result also carries SmoothGrad heat maps on the crops of the most
+        important frames (:func:`raydf.explain.explain`).
+        """
         t0 = time.perf_counter()
         probs = self.classify(rows)
         t_cls = time.perf_counter() - t0
         best = int(np.argmax(probs))
         prob = float(probs[best])
         deciding = rows[best]
-        evidence = frame_evidence(self.model, deciding)
+        when = frame_importance(self.model, np.asarray(deciding[S.CONTENT], np.float32), np.asarray(deciding[S.STYLE], np.float32),
+                                np.asarray(deciding[S.FACE_VALID], bool), clip_len=self.cfg.content.clip_len)  # fmt: skip
+        evidence = when.scores
         faces = [
             TrackResult(
                 track_id=int(r[S.TRACK_ID]),
@@ -270,7 +292,9 @@ class Detector:
             notes.append(self.bundle.warning)
         explanation = None
         if explain:
-            explanation = self.explain(deciding)
+            if crop_rows is None:
+                raise ValueError("an explanation needs the clip's crop rows (the face crops)")
+            explanation = self.explain(deciding, next(r for r in crop_rows if r[S.TRACK_ID] == deciding[S.TRACK_ID]))
         main = rows[0]
         stage = {
             "read_s": float(main.get(S.T_READ) or 0.0),
@@ -293,9 +317,19 @@ class Detector:
             explanation=explanation,
         )
 
-    def explain(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        """Where and when (heat maps on the crops of the most important frames); see raydf.explain."""
-        return None
+    def explain(self, row: dict[str, Any], crop_row: dict[str, Any]) -> dict[str, Any]:
+        """*When* and *where* for one track: :meth:`raydf.explain.Explanation.to_dict` plus, for each
+        heat-map frame, a PNG overlay of the map on its crop as a ``data:`` URL (``where.overlays``)."""
+        size = self.cfg.faces.crop_size
+        crops = np.frombuffer(crop_row[CROPS], np.uint8).reshape(-1, size, size, 3)  # (T, S, S, 3)
+        ex = explain_verdict(self.model, self.feature_stage.extractor, crops, np.asarray(row[S.CONTENT], np.float32),
+                             np.asarray(row[S.STYLE], np.float32), np.asarray(row[S.FACE_VALID], bool))  # fmt: skip
+        out = ex.to_dict()
+        out["track_id"] = int(row[S.TRACK_ID])
+        out["where"]["overlays"] = [
+            "data:image/png;base64," + base64.b64encode(overlay_png(crops[f], m)).decode("ascii") for f, m in zip(ex.where.frames, ex.where.maps)
+        ]
+        return out
 
     def __call__(self, video: str | bytes, name: str | None = None, *, explain: bool = False) -> DetectResult:
         t0 = time.perf_counter()
@@ -305,27 +339,10 @@ class Detector:
         fresh = self._feature_stage is None
         _ = self.feature_stage
         load_s = self.load_s + (time.perf_counter() - t1 if fresh else 0.0)
-        result = self.score(self.features(crop_rows), label, explain=explain)
+        result = self.score(self.features(crop_rows), label, explain=explain, crop_rows=crop_rows)
         result.timings["load_s"] = load_s
         result.timings["total_s"] = time.perf_counter() - t0 + self.load_s
         return result
-
-
-def frame_evidence(model: Any, row: dict[str, Any]) -> np.ndarray:
-    """(T,) importance of each sampled frame to the fake logit of one track (0 where no face).
-
-    Gradient x input of the logit w.r.t. the style sequence, summed over the 512 dimensions.
-    """
-    import torch
-
-    content = torch.from_numpy(np.asarray(row[S.CONTENT], np.float32)[None])  # (1, K, 2048)
-    style = torch.from_numpy(np.asarray(row[S.STYLE], np.float32)[None]).requires_grad_(True)  # (1, T, 512)
-    valid = torch.from_numpy(np.asarray(row[S.FACE_VALID], bool)[None])  # (1, T)
-    with torch.enable_grad():
-        logit = model(content, style, valid)[0]
-        (grad,) = torch.autograd.grad(logit, style)
-    score = (grad * style).sum(-1)[0].detach().numpy()  # (T,)
-    return np.where(valid[0].numpy(), score, 0.0)
 
 
 def _on_cuda(device: str | None) -> bool:

@@ -151,11 +151,16 @@ def test_detect_scores_every_person_and_reports_the_maximum(two_track_bundle, od
     from raydf.detect import Detector
 
     det = Detector(ModelBundle.load(two_track_bundle), str(two_track_bundle))
-    out = det(str(odd_dataset / "real" / "two_people.mp4"))
+    out = det(str(odd_dataset / "real" / "two_people.mp4"), explain=True)
     assert [f.track_id for f in out.faces] == [0, 1]
     assert out.fake_probability == max(f.fake_probability for f in out.faces) and out.aggregation == "max"
     assert all(len(f.boxes) == T for f in out.faces) and out.faces[0].track_score > out.faces[1].track_score
     assert [fr.index for fr in out.frames] == sorted(fr.index for fr in out.frames) and len(out.frames) == T
+    ex = out.explanation  # when (integrated gradients) and where (SmoothGrad heat maps) of the deciding track
+    assert ex["track_id"] == max(out.faces, key=lambda f: f.fake_probability).track_id
+    assert [fr.evidence for fr in out.frames] == pytest.approx([s if v else None for s, v in zip(ex["when"]["scores"], ex["when"]["valid"])], abs=1e-4)
+    assert len(ex["where"]["maps"]) == len(ex["where"]["overlays"]) == len(ex["where"]["frames"]) >= 1
+    assert all(u.startswith("data:image/png;base64,") for u in ex["where"]["overlays"])
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "text", "audio", "huge"])
