@@ -49,6 +49,10 @@ def test_fast_face_detection_boxes_match_reference_mtcnn_at_640x480():
 
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_half_precision_features_within_tolerance_of_fp32_on_cpu(precision):
+    from raydf.features import native_bf16
+
+    if not native_bf16():  # emulated bf16 is 7x (pSp) to 68x (slow_r50) slower, and auto never picks it there
+        pytest.skip("this CPU has no native bf16 (avx512_bf16/AMX); tests/test_precision.py pins the resolution")
     crops = _crops(1, 16, 256)
     kw = {"device": "cpu"}
     ref = FeatureExtractor(ContentConfig(), StyleConfig(config="psp_tiny"), precision="fp32", **kw)(crops)
@@ -103,7 +107,9 @@ def test_gpu_script_dry_run_on_cpu_prints_one_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| precision | videos/s |" in proc.stdout and "best within tolerance" in proc.stdout
     res = json.loads(out.read_text())
-    assert res["device"] == "cpu" and {r["precision"] for r in res["rows"]} == {"fp32", "bf16"}
+    from raydf.features import native_bf16
+
+    assert res["device"] == "cpu" and {r["precision"] for r in res["rows"]} == ({"fp32", "bf16"} if native_bf16() else {"fp32"})
     assert all(r["within tolerance"] and r["videos/s"] > 0 for r in res["rows"])
     assert res["cpu_s_per_video_decode_faces"] > 0  # decode + MTCNN measured on the generated clip
 
