@@ -50,6 +50,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "flicker family": {"fakes": "dataset", "methods": ["flicker"]},
     "both families": {"fakes": "dataset"},
 }
+COMPARED = ("self-blend", "blend family")  # trained once per seed; the others once
 SMALL_MODEL = {"gru_hidden": 64, "d_model": 64, "transformer_heads": 4, "ff_dim": 128, "fc_hidden": 32, "transformer_layers": 1}
 
 
@@ -91,9 +92,19 @@ def prepare(work: Path, *, pairs: int, heldout_pairs: int, frames: int, self_ble
     return stores
 
 
+def cpu_capability() -> str:
+    """The vector extensions of this CPU that matter to torch on CPU (AVX2, AVX-512, bf16, AMX)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "flags unknown"
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return " ".join(have) or "no AVX2"
+
+
 def run(*, quick: bool = False, workdir: str, pairs: int | None = None, heldout_pairs: int | None = None, frames: int = 16,
         epochs: int | None = None, small: bool = True, models: tuple[str, ...] = tuple(MODELS),
-        self_blend: dict[str, Any] | None = None) -> SuiteResult:  # fmt: skip
+        self_blend: dict[str, Any] | None = None, seeds: tuple[int, ...] = (42,)) -> SuiteResult:  # fmt: skip
     """Run the suite (see module docstring); ``quick`` uses fewer videos and epochs."""
     from raydf.bundle import ModelBundle
     from raydf.protocol import evaluate_datasets, markdown_tables
@@ -105,7 +116,10 @@ def run(*, quick: bool = False, workdir: str, pairs: int | None = None, heldout_
     result = SuiteResult("generalisation")
     result.config.update({"pairs": pairs, "heldout_pairs": heldout_pairs, "T": frames, "epochs": epochs, "cores": cores(),
                           "model": "small" if small else "default", "style_config": "psp_tiny (random init)",
-                          "content": "slow_r50 (random init)", "self_blend": self_blend or "defaults"})  # fmt: skip
+                          "content": "slow_r50 (random init)", "self_blend": self_blend or "defaults", "seeds": list(seeds)})  # fmt: skip
+    env = environment()
+    result.config.update({"cpu": f"{env['cpu']}, {env['cores']} cores, {cpu_capability()}",
+                          "loadavg_start": [round(x, 1) for x in env["loadavg_start"]]})  # fmt: skip
     work = Path(workdir) / "generalisation"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -115,31 +129,38 @@ def run(*, quick: bool = False, workdir: str, pairs: int | None = None, heldout_
         rows: list[dict[str, Any]] = []
         md = []
         for model in models:
-            cfg = train_config(MODELS[model], epochs=epochs, small=small)
-            t1 = time.perf_counter()
-            trained = run_training(stores["train"], cfg, storage_path=str(work / "ray_results"), name=model.replace(" ", "-"),
-                                   track=False, output_dir=str(work / "models" / model.replace(" ", "-")))  # fmt: skip
-            train_s = time.perf_counter() - t1
-            evals = evaluate_datasets(ModelBundle.load(trained.model_path), {"train": stores["train"], "heldout": stores["heldout"]})
-            md.append(f"#### model: {model}\n\n{markdown_tables(evals)}")
-            for e in evals.values():
-                rows.append({"model": model, **e.row(), "train_s": round(train_s, 1), "best_epoch": trained.best_epoch})
-            log.info("%s trained in %.0f s (best epoch %d, splits %s)", model, train_s, trained.best_epoch, trained.splits)
+            for seed in seeds if model in COMPARED else seeds[:1]:
+                cfg = train_config({**MODELS[model], "seed": seed}, epochs=epochs, small=small)
+                tag = f"{model.replace(' ', '-')}-s{seed}"
+                t1 = time.perf_counter()
+                trained = run_training(stores["train"], cfg, storage_path=str(work / "ray_results"), name=tag, track=False,
+                                       output_dir=str(work / "models" / tag))  # fmt: skip
+                train_s = time.perf_counter() - t1
+                evals = evaluate_datasets(ModelBundle.load(trained.model_path), {"train": stores["train"], "heldout": stores["heldout"]})
+                md.append(f"#### model: {model}, seed {seed}\n\n{markdown_tables(evals)}")
+                for e in evals.values():
+                    rows.append({"model": model, "seed": seed, **e.row(), "train_s": round(train_s, 1), "best_epoch": trained.best_epoch})
+                log.info("%s (seed %d) trained in %.0f s (best epoch %d, splits %s)", model, seed, train_s, trained.best_epoch, trained.splits)
 
-    def auc(model: str, protocol: str, evaluated: str, fakes: str) -> float:
-        for r in rows:
-            if r["model"] == model and r["protocol"] == protocol and r["evaluated on"] == evaluated and r["fakes"] == fakes:
-                return r["roc_auc"]
-        return float("nan")
+    def aucs(model: str, fakes: str) -> list[float]:
+        return [r["roc_auc"] for r in rows if r["model"] == model and r["protocol"] == "cross-dataset" and r["evaluated on"] == "heldout"
+                and r["fakes"] == fakes]  # fmt: skip
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    def each(values: list[float]) -> str:
+        return f"mean of {len(values)} seed(s) {list(seeds[: len(values)])}: " + ", ".join(f"{v:.3f}" for v in values)
 
     if "self-blend" in models:
-        result.ratio("ROC-AUC on held-out flicker fakes, trained on real videos + self-blends only", auc("self-blend", "cross-dataset", "heldout", "flicker"),
-                     BAR, ">=", f"{heldout_pairs} held-out pairs (seed {HELDOUT_SEED}); never saw a generated fake, not even in validation")
-        result.ratio("ROC-AUC on held-out blend fakes, trained on self-blends only (a blend itself: not the bar)",
-                     auc("self-blend", "cross-dataset", "heldout", "blend"))
+        sbi, sbi_blend = aucs("self-blend", "flicker"), aucs("self-blend", "blend")
+        result.ratio("ROC-AUC on held-out flicker fakes, trained on real videos + self-blends only", mean(sbi), BAR, ">=",
+                     f"{each(sbi)}; {heldout_pairs} held-out pairs (seed {HELDOUT_SEED}); never saw a generated fake, not even in validation")
+        result.ratio("ROC-AUC on held-out blend fakes, trained on self-blends only (a blend itself: not the bar)", mean(sbi_blend), detail=each(sbi_blend))
     if "blend family" in models:
-        result.ratio("ROC-AUC on held-out flicker fakes, trained on the blend family (baseline)", auc("blend family", "cross-dataset", "heldout", "flicker"))
-    cols = ["model", "protocol", "evaluated on", "fakes", "aggregation", "real", "fake", "roc_auc", "average_precision", "eer",
+        base = aucs("blend family", "flicker")
+        result.ratio("ROC-AUC on held-out flicker fakes, trained on the blend family (baseline)", mean(base), detail=each(base))
+    cols = ["model", "seed", "protocol", "evaluated on", "fakes", "aggregation", "real", "fake", "roc_auc", "average_precision", "eer",
             "accuracy@0.5", "accuracy@val", "val_threshold", "train_s", "best_epoch"]  # fmt: skip
     result.tables["protocols (generated set; video score = max over tracks, one face per video)"] = [
         {c: (round(r[c], 3) if isinstance(r[c], float) else r[c]) for c in cols} for r in rows
@@ -165,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--default-model", action="store_true", help="the report's fusion sizes instead of the small model")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of: " + ", ".join(MODELS))
+    p.add_argument("--seeds", default="42", help=f"training seeds of the compared models ({', '.join(COMPARED)}), comma-separated")
     p.add_argument("--workdir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "raydf-bench"))
     p.add_argument("--results", default=str(HERE / "results"))
     p.add_argument("--markdown", default=str(HERE / "RESULTS.md"))
@@ -175,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     t0 = time.perf_counter()
     res = run(quick=args.quick, workdir=args.workdir, pairs=args.pairs, heldout_pairs=args.heldout_pairs, frames=args.frames,
-              epochs=args.epochs, small=not args.default_model, models=tuple(m.strip() for m in args.models.split(",") if m.strip()))
+              epochs=args.epochs, small=not args.default_model, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+              seeds=tuple(int(x) for x in args.seeds.split(",")))
     out = res.to_dict()
     out["wall_s"] = time.perf_counter() - t0
     out["mode"] = "quick" if args.quick else "full"
