@@ -53,6 +53,9 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per feature actor (1 on a GPU cluster)")
     p.add_argument("--feature-batch", type=int, default=None, help="videos per feature-actor batch")
     p.add_argument("--rows-per-file", type=int, default=None)
+    p.add_argument("--pseudo-fakes", choices=["self-blend"], default=None,
+                   help="also write a self-blended pseudo-fake of every real video (SBI, CVPR 2022); part of the store's identity")
+    p.add_argument("--pseudo-seed", type=int, default=None, help="seed of the pseudo-fakes (with each video id)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the project's sqlite store)")
     p.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
 
@@ -81,6 +84,10 @@ def extract_config_from_args(args: argparse.Namespace):  # noqa: ANN201 - Extrac
         base["feature_batch_size"] = args.feature_batch
     if args.rows_per_file:
         base["rows_per_file"] = args.rows_per_file
+    if getattr(args, "pseudo_fakes", None):
+        base["pseudo_fakes"] = args.pseudo_fakes
+    if getattr(args, "pseudo_seed", None) is not None:
+        base["pseudo_seed"] = args.pseudo_seed
     return load_config(ExtractConfig, base)
 
 
@@ -113,16 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--mixup-alpha", type=float, default=None)
+    p.add_argument("--fakes", choices=["dataset", "pseudo", "both"], default=None,
+                   help="fakes to train on: the store's own (default, as the report), its self-blended pseudo-fakes, or both")
+    p.add_argument("--methods", default=None, metavar="M1,M2",
+                   help="train on fakes of these methods only (cross-manipulation, e.g. Deepfakes; self_blend = pseudo-fakes only)")
+    p.add_argument("--aggregation", choices=["max", "mean"], default=None, help="video score from its face tracks (default max)")
     p.add_argument("--storage", default=None, help="Ray Train storage path for checkpoints (local or s3://)")
     p.add_argument("--name", default=None, help="run name")
     p.add_argument("--test-features", action="append", default=[], metavar="NAME=URI", help="also evaluate on another dataset")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="MLflow tag, e.g. dataset=ffpp")
     p.add_argument("--tracking-uri", default=None)
 
-    p = sub.add_parser("evaluate", help="metrics of a trained model on one or more feature sets (cross-dataset)")
+    p = sub.add_parser("evaluate", help="a trained model under the evaluation protocols: within-set, cross-manipulation, -compression, -dataset")
     p.add_argument("--model", default=None, help="bundle path, runs:/<id>/model or models:/<name>/<v> (default: newest)")
-    p.add_argument("--features", action="append", required=True, metavar="[NAME=]URI")
+    p.add_argument("--features", action="append", required=True, metavar="[NAME=]URI",
+                   help="a feature store to score (repeatable); the model's training store gives the within-set test")
+    p.add_argument("--aggregation", choices=["max", "mean"], default=None, help="video score from its face tracks (default: the training's)")
+    p.add_argument("--train-features", default=None, help="the training store, if not where the model recorded it (validation threshold)")
+    p.add_argument("--name", default=None, help="MLflow run name")
     p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--no-track", action="store_true", help="do not log the evaluation to MLflow")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("detect", help="fake probability of one video")
@@ -186,7 +203,8 @@ def _extract(args: argparse.Namespace) -> int:
 
 # command-line flag -> TrainConfig field, for the commands that take them (train, tune)
 _TRAIN_FLAGS = (("epochs", "max_epochs"), ("workers", "num_workers"), ("cpus_per_worker", "cpus_per_worker"),
-                ("batch_size", "batch_size"), ("lr", "lr"), ("mixup_alpha", "mixup_alpha"))  # fmt: skip
+                ("batch_size", "batch_size"), ("lr", "lr"), ("mixup_alpha", "mixup_alpha"), ("fakes", "fakes"),
+                ("aggregation", "aggregation"))  # fmt: skip
 
 
 def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig
@@ -199,6 +217,8 @@ def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig
             base[key] = getattr(args, flag)
     if args.use_gpu:
         base["use_gpu"] = True
+    if getattr(args, "methods", None):
+        base["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     return load_config(TrainConfig, base)
 
 
@@ -211,9 +231,10 @@ def _train(args: argparse.Namespace) -> int:
         args.features, cfg, storage_path=args.storage, name=args.name, tracking_uri=args.tracking_uri,
         tags=_named(args.tag), extra_test=_named(args.test_features), progress=True,
     )
-    print(f"splits {result.splits}, excluded {result.excluded}, best epoch {result.best_epoch}")
+    print(f"splits {result.splits}, excluded {result.excluded}, best epoch {result.best_epoch}, fakes {cfg.fakes}")
     for name, m in result.test_metrics.items():
-        print(f"{name}: " + ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "eer", "log_loss")))
+        print(f"{name}: " + ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "eer", "log_loss"))
+              + f" (video score = {result.aggregation} over face tracks)")
     print(f"model: {result.model_path}")
     if result.run_id:
         print(f"mlflow run: {result.run_id}")
@@ -223,24 +244,32 @@ def _train(args: argparse.Namespace) -> int:
 @_handler("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
     from raydf.bundle import resolve_model
-    from raydf.evaluate import classification_report_table, overall_table
-    from raydf.protocol import evaluate_datasets
+    from raydf.protocol import THRESHOLD_RULE, evaluate_datasets, markdown_tables
 
     bundle, source = resolve_model(args.model, args.tracking_uri)
-    results = evaluate_datasets(bundle, _named(args.features))
+    datasets = _named(args.features)
+    try:
+        results = evaluate_datasets(bundle, datasets, aggregation=args.aggregation, train_features=args.train_features)
+    except ValueError as exc:  # a store without usable rows, a training store without a test split
+        print(f"raydf evaluate: error: {_one_line(exc)}", file=_terminal())
+        return 2
+    run_id = None
+    if not args.no_track:
+        from raydf.report import log_protocol_run
+
+        run_id = log_protocol_run(bundle, results, source=source, datasets=datasets, tracking_uri=args.tracking_uri, name=args.name)
     if args.json:
-        print(dumps({name: {"protocol": e.protocol, "aggregation": e.predictions.aggregation, **e.metrics} for name, e in results.items()}))
+        print(dumps({"model": source, "mlflow_run_id": run_id, "threshold_rule": THRESHOLD_RULE,
+                     "evaluations": {name: {"protocol": e.protocol, "dataset": e.dataset, "fakes": e.fakes,
+                                            "aggregation": e.aggregation, **e.metrics} for name, e in results.items()}}))
         return 0
-    print(f"model: {source}")
+    print(f"model: {source} (trained on fakes: {bundle.train.fakes})")
     if bundle.warning:
         print(f"warning: {bundle.warning}")
-    for name, e in results.items():
-        m = e.metrics
-        print(f"\n## {name}: {e.protocol} ({m['n']} videos: {m['n_real']} real, {m['n_fake']} fake; "
-              f"video score = {e.predictions.aggregation} over face tracks)\n")
-        print(overall_table(m))
-        print()
-        print(classification_report_table(e.predictions.labels, e.predictions.probs, threshold=bundle.threshold))
+    print()
+    print(markdown_tables(results))
+    if run_id:
+        print(f"\nmlflow run: {run_id}")
     return 0
 
 
@@ -272,7 +301,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _add_reproduce_parser(sub: Any) -> None:
-    p = sub.add_parser("reproduce", help="the report's experiment: extract FF++ / Celeb-DF (/ DFDC), train, cross-evaluate")
+    p = sub.add_parser("reproduce", help="the report's experiment: extract FF++ / Celeb-DF (/ DFDC), train, evaluate under the protocols")
     p.add_argument("--ffpp", help="FaceForensics++ root (local or s3://)")
     p.add_argument("--celebdf", help="Celeb-DF v2 root")
     p.add_argument("--dfdc", help="DFDC root (cross-dataset test only)")
@@ -281,7 +310,13 @@ def _add_reproduce_parser(sub: Any) -> None:
     p.add_argument("--content-weights", required=True, help="SLOW_8x8_R50.pyth path/URI")
     p.add_argument("--extract-config", help="ExtractConfig YAML for resources (actors, GPUs)")
     p.add_argument("--train-config", help="TrainConfig YAML (workers, GPUs, recipe)")
+    p.add_argument("--pseudo-fakes", action="store_true",
+                   help="rerun it both ways: dataset fakes (the report) and self-blended pseudo-fakes of the real videos only, side by side")
+    p.add_argument("--cross-manipulation", action="store_true", help="also one FF++ model per manipulation method, tested on the others")
+    p.add_argument("--ffpp-compressions", default="c23", metavar="C1,C2", help="FF++ compressions; the first is trained on (e.g. c23,c40)")
+    p.add_argument("--aggregation", choices=["max", "mean"], default=None, help="video score from its face tracks (default: the training's)")
     p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
 _EXTRA_PARSERS.append(_add_reproduce_parser)
@@ -298,15 +333,21 @@ def _reproduce(args: argparse.Namespace) -> int:
         print("raydf reproduce: error: give --ffpp and/or --celebdf", file=_terminal())
         return 2
     load = lambda path: (yaml.safe_load(open(path)) or {}) if path else {}  # noqa: E731
-    result = reproduce(
-        roots, args.out, style_weights=args.style_weights, content_weights=args.content_weights,
-        extract_overrides=load(args.extract_config), train_overrides=load(args.train_config), tracking_uri=args.tracking_uri,
-    )
-    for trained, per in result.metrics.items():
-        for evaluated, m in per.items():
-            print(f"trained on {trained:8s} evaluated on {evaluated:8s}: accuracy {m['accuracy']:.4f}  "
-                  f"ROC-AUC {m['roc_auc']:.4f}  F1 {m['f1']:.4f}  EER {m['eer']:.4f}  (n={m['n']})")
-    print("runs: " + ", ".join(f"{k}={v}" for k, v in result.runs.items()))
+    try:
+        result = reproduce(
+            roots, args.out, style_weights=args.style_weights, content_weights=args.content_weights,
+            extract_overrides=load(args.extract_config), train_overrides=load(args.train_config), tracking_uri=args.tracking_uri,
+            track=not args.no_track, pseudo_fakes=args.pseudo_fakes, cross_manipulation=args.cross_manipulation,
+            ffpp_compressions=tuple(c.strip() for c in args.ffpp_compressions.split(",") if c.strip()), aggregation=args.aggregation,
+        )
+    except ValueError as exc:
+        print(f"raydf reproduce: error: {_one_line(exc)}", file=_terminal())
+        return 2
+    print(result.tables())
+    if args.pseudo_fakes:
+        print("\n## dataset fakes vs self-blended pseudo-fakes\n")
+        print(result.side_by_side())
+    print("\nruns: " + ", ".join(f"{k}={v}" for k, v in result.runs.items()))
     return 0
 
 

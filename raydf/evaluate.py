@@ -6,6 +6,8 @@ Fake is the positive class (label 1, ``raydf.schema.FAKE``); ``y_prob`` is P(fak
   EER (+ its threshold), log loss, confusion matrix and counts, in one JSON-able dict.
 * :func:`classification_report_table` / :func:`overall_table` -- the report's Tables 4 and 3.
 * :func:`roc_points` -- the ROC curve to log; its trapezoid area is the logged AUC.
+* :func:`best_accuracy_threshold` -- the decision threshold that maximises accuracy (chosen on
+  a validation split by :mod:`raydf.protocol`).
 * ``plot_*`` -- figures of the field (learning curves, learning rate, confusion matrix, ROC,
   temporal style trajectories, decision boundary of the fused embedding). Each returns a
   :class:`matplotlib.figure.Figure` with its own Agg canvas: nothing touches ``pyplot``'s
@@ -44,6 +46,8 @@ __all__ = [
     "CLASS_NAMES",
     "compute_metrics",
     "roc_points",
+    "best_accuracy_threshold",
+    "markdown_table",
     "classification_report_table",
     "overall_table",
     "plot_curves",
@@ -147,6 +151,44 @@ def roc_points(y_true: Any, y_prob: Any) -> dict[str, np.ndarray]:
         return {"fpr": np.zeros(0), "tpr": np.zeros(0), "thresholds": np.zeros(0)}
     fpr, tpr, thr = roc_curve(y, p)  # collinear points dropped: same area, fewer rows to log
     return {"fpr": fpr, "tpr": tpr, "thresholds": thr}
+
+
+def best_accuracy_threshold(y_true: Any, y_prob: Any) -> tuple[float, float]:
+    """The threshold that maximises accuracy on ``(y_true, y_prob)``, and that accuracy.
+
+    Candidates are the midpoints between consecutive distinct scores, plus 0 (everything fake)
+    and the midpoint between the top score and 1 (everything real; just above 1 when the top
+    score is 1); a video is called fake at
+    ``y_prob >= threshold``. Of the candidates with the best accuracy, the one nearest 0.5 wins
+    (so 0.5 stays when nothing beats it, and the choice is deterministic). Midpoints, rather
+    than the scores themselves, leave the same margin on both sides of the split.
+
+    Args:
+        y_true: (N,) 0 real / 1 fake.
+        y_prob: (N,) P(fake) in [0, 1].
+
+    Returns:
+        ``(threshold, accuracy)``.
+
+    Raises:
+        ValueError: empty or mismatched inputs, labels not 0/1, scores outside [0, 1].
+    """
+    y, p = _inputs(y_true, y_prob)
+    u = np.unique(p)  # (M,) sorted distinct scores
+    top = (u[-1] + 1.0) / 2.0 if u[-1] < 1.0 else np.nextafter(1.0, 2.0)  # everything real, even a score of 1
+    cand = np.concatenate([[0.0], (u[:-1] + u[1:]) / 2.0, [top]])  # (M + 1,)
+    fake, real = np.sort(p[y == 1]), np.sort(p[y == 0])
+    tp = len(fake) - np.searchsorted(fake, cand, side="left")  # (M + 1,) fakes at p >= c
+    tn = np.searchsorted(real, cand, side="left")  # (M + 1,) reals at p < c
+    acc = (tp + tn) / len(y)
+    best = np.flatnonzero(acc == acc.max())
+    i = int(best[np.argmin(np.abs(cand[best] - 0.5))])
+    return float(cand[i]), float(acc[i])
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """A Markdown table (first row the header) whose columns are also aligned as plain text."""
+    return _markdown(rows)
 
 
 def _markdown(rows: list[list[str]]) -> str:

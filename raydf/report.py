@@ -2,6 +2,11 @@
 
 Every evaluation is a :class:`raydf.scoring.Predictions` (video-level, tracks aggregated as it
 states); metric names are the constants of :mod:`raydf.schema` (``test_roc_auc`` ...).
+
+An evaluation under the protocols of :mod:`raydf.protocol` (``raydf evaluate``, ``raydf
+reproduce``) is its own MLflow run in :data:`EVALUATE_EXPERIMENT` (:func:`log_protocol_run`):
+one table per protocol (``mlflow.log_table``, ``protocols/<protocol>.json``), the same tables
+as Markdown, and every evaluation's metrics as ``<protocol>/<set>[/<method>]_<metric>``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from raydf.scoring import Predictions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["log_training_report", "log_test_metrics"]
+__all__ = ["EVALUATE_EXPERIMENT", "log_training_report", "log_test_metrics", "log_protocol_tables", "log_protocol_run"]
+
+EVALUATE_EXPERIMENT = "raydf-evaluate"  # MLflow experiment of protocol evaluations
+PROTOCOL_METRICS = (S.ROC_AUC, S.AVERAGE_PRECISION, S.EER, S.ACCURACY, "accuracy_at_val_threshold")
 
 
 def _write_json(path: Path, obj: Any) -> Path:
@@ -94,3 +102,81 @@ def log_training_report(
     log_model(bundle, bundle_path, out_dir)
     mlflow.set_tag(MODEL_TAG, "logged")
     return results
+
+
+def log_protocol_tables(evaluations: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Log :mod:`raydf.protocol` evaluations to the active MLflow run; returns the tables logged.
+
+    One ``mlflow.log_table`` per protocol (``protocols/<protocol>.json``, columns
+    :data:`raydf.protocol.TABLE_COLUMNS`), all tables as ``protocols/tables.md``, and for each
+    evaluation ``<name>_<metric>`` (:data:`PROTOCOL_METRICS`, NaN left out) plus its counts.
+    """
+    import mlflow
+
+    from raydf.protocol import markdown_tables, protocol_tables
+
+    tables = protocol_tables(evaluations)
+    for protocol, rows in tables.items():
+        cols = list(rows[0])
+        mlflow.log_table({c: [r[c] for r in rows] for c in cols}, artifact_file=f"protocols/{protocol}.json")
+    mlflow.log_text(markdown_tables(evaluations) + "\n", "protocols/tables.md")
+    for name, e in evaluations.items():
+        m = e.metrics
+        mlflow.log_metrics({S.eval_metric(name, k): float(m[k]) for k in PROTOCOL_METRICS if np.isfinite(m[k])})
+        mlflow.log_metrics({S.eval_metric(name, "n_real"): m["n_real"], S.eval_metric(name, "n_fake"): m["n_fake"]})
+    return tables
+
+
+def log_protocol_run(
+    bundle: ModelBundle,
+    evaluations: dict[str, Any],
+    *,
+    source: str,
+    datasets: dict[str, str],
+    tracking_uri: str | None = None,
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """One MLflow run (experiment :data:`EVALUATE_EXPERIMENT`) holding a model's protocol evaluations.
+
+    Args:
+        bundle: the evaluated model; its training run id becomes the tag ``raydf.model_run``.
+        evaluations: :func:`raydf.protocol.evaluate_datasets` output.
+        source: where the model came from (path or MLflow URI), as a tag.
+        datasets: ``{name: feature store URI}`` evaluated, as params (credentials redacted).
+        tracking_uri: MLflow store (default: :func:`raydf.tracking.default_tracking_uri`).
+        name: run name.
+        tags: extra tags.
+
+    Returns:
+        The run id.
+    """
+    import mlflow
+
+    from raydf import tracking
+    from raydf.protocol import THRESHOLD_RULE
+
+    mlflow.set_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
+    exp = tracking.get_or_create_experiment(EVALUATE_EXPERIMENT)
+    first = next(iter(evaluations.values()), None)
+    with mlflow.start_run(experiment_id=exp, run_name=name) as run:
+        mlflow.set_tags(
+            {
+                "raydf.stage": "evaluate",
+                "raydf.model": tracking.redact(source),
+                "raydf.model_run": bundle.train.run_id or "",
+                "raydf.training_fakes": bundle.train.fakes,
+                "dataset": ",".join(bundle.train.datasets),
+                **(tags or {}),
+            }
+        )
+        mlflow.log_params(
+            {
+                "aggregation": first.aggregation if first else "",
+                "threshold_rule": THRESHOLD_RULE,
+                "val_threshold": first.metrics["val_threshold"] if first else float("nan"),
+                **{f"features.{k}": tracking.redact(v) for k, v in datasets.items()},
+            }
+        )
+        log_protocol_tables(evaluations)
+        return run.info.run_id
