@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="MLflow run name")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--no-track", action="store_true", help="do not log the evaluation to MLflow")
+    p.add_argument("--explain", type=int, default=4, metavar="N",
+                   help="log explanations (per-frame evidence, heat maps) of N test videos to the run (0: none)")
+    p.add_argument("--style-weights", default=None, help="the extractor weights the model needs (for --explain)")
+    p.add_argument("--content-weights", default=None)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("detect", help="fake probability of one video")
@@ -258,6 +262,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         from raydf.report import log_protocol_run
 
         run_id = log_protocol_run(bundle, results, source=source, datasets=datasets, tracking_uri=args.tracking_uri, name=args.name)
+        if args.explain:
+            _explain_for_run(bundle, source, results, datasets, args, run_id)
     if args.json:
         print(dumps({"model": source, "mlflow_run_id": run_id, "threshold_rule": THRESHOLD_RULE,
                      "evaluations": {name: {"protocol": e.protocol, "dataset": e.dataset, "fakes": e.fakes,
@@ -271,6 +277,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     if run_id:
         print(f"\nmlflow run: {run_id}")
     return 0
+
+
+def _explain_for_run(bundle: Any, source: str, results: dict[str, Any], datasets: dict[str, str], args: argparse.Namespace, run_id: str) -> None:
+    """Explanations of a handful of evaluated videos as artifacts of the evaluation run: the most
+    confident fakes and the most fake-looking reals of the first evaluation."""
+    from raydf.bundle import ExtractorMismatch
+    from raydf.detect import Detector, log_explanations
+    from raydf.store import FeatureStore
+
+    first = next(iter(results.values()))
+    pred = first.predictions
+    order = sorted(range(len(pred.ids)), key=lambda i: -pred.probs[i])
+    fakes = [pred.ids[i] for i in order if pred.labels[i] == 1][: (args.explain + 1) // 2]
+    reals = [pred.ids[i] for i in order if pred.labels[i] == 0][: args.explain // 2]
+    wanted = set(fakes + reals)
+    uri = datasets.get(first.dataset) or next(iter(datasets.values()))
+    table = FeatureStore(uri).read(["video_id", "uri"])
+    uris = {v: u for v, u in zip(table.column("video_id").to_pylist(), table.column("uri").to_pylist()) if v in wanted}
+    try:
+        det = Detector(bundle, source, style_weights=args.style_weights, content_weights=args.content_weights)
+    except ExtractorMismatch as exc:
+        print(f"note: no explanations logged: {_one_line(exc)}", file=_terminal())
+        return
+    n = log_explanations(det, [(v, uris[v]) for v in fakes + reals if v in uris], run_id)
+    print(f"explanations of {n} videos logged to the run (artifacts explanations/)", file=_terminal())
 
 
 @_handler("detect")

@@ -66,6 +66,7 @@ __all__ = [
     "DetectResult",
     "Detector",
     "detect",
+    "log_explanations",
     "BundleError",
 ]
 
@@ -353,6 +354,40 @@ def _on_cuda(device: str | None) -> bool:
 
 def _name(video: str | bytes, name: str | None) -> str:
     return name or ("<upload>" if isinstance(video, (bytes, bytearray, memoryview)) else str(video))
+
+
+def log_explanations(detector: Detector, videos: list[tuple[str, str]], run_id: str) -> int:
+    """Explain each ``(video_id, uri)`` and log it to an MLflow run under ``explanations/<n>-<video>/``:
+    ``explanation.json`` (the verdict, per-frame evidence, heat maps) and one PNG overlay per heat map.
+
+    Returns:
+        How many videos were explained (a video that cannot be read is skipped with a warning).
+    """
+    import json
+    import re
+    import tempfile
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    client, done = MlflowClient(), 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, (video_id, uri) in enumerate(videos):
+            try:
+                result = detector(uri, name=video_id, explain=True)
+            except (VideoDecodeError, ExtractError) as exc:
+                log.warning("no explanation for %s: %s", video_id, exc)
+                continue
+            folder = Path(tmp) / f"{n}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', video_id)[-80:]}"
+            folder.mkdir()
+            body = result.to_dict()
+            overlays = body["explanation"]["where"].pop("overlays")
+            for frame, url in zip(body["explanation"]["where"]["frames"], overlays):
+                (folder / f"heatmap_frame{frame:03d}.png").write_bytes(base64.b64decode(url.split(",", 1)[1]))
+            (folder / "explanation.json").write_text(json.dumps(body, indent=1, default=str))
+            client.log_artifacts(run_id, str(folder), f"explanations/{folder.name}")
+            done += 1
+    return done
 
 
 def detect(

@@ -338,7 +338,7 @@ def test_evaluate_command_logs_one_table_per_protocol(sbi, sbi_model, capsys):
 
     uri = f"sqlite:///{sbi_model['root'] / 'mlflow.db'}"
     args = cli.build_parser().parse_args(["evaluate", "--model", str(sbi_model["result"].model_path), "--features", f"gen={sbi['features']}",
-                                          "--features", f"copy={sbi_model['copy']}", "--tracking-uri", uri, "--json"])  # fmt: skip
+                                          "--features", f"copy={sbi_model['copy']}", "--tracking-uri", uri, "--json", "--explain", "2"])  # fmt: skip
     assert cli._HANDLERS["evaluate"](args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["evaluations"]["within-set/gen"]["aggregation"] == "max" and out["threshold_rule"] == "max validation accuracy"
@@ -351,6 +351,11 @@ def test_evaluate_command_logs_one_table_per_protocol(sbi, sbi_model, capsys):
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="protocols/cross-dataset.json", tracking_uri=uri)
     table = json.loads(Path(local).read_text())
     assert "aggregation" in table["columns"] and len(table["data"]) == 3  # all fakes, blend, flicker
+    # explanations of a handful of evaluated videos (the report's future work: what triggered the verdict)
+    explained = [f.path for f in client.list_artifacts(run.info.run_id, "explanations")]
+    assert len(explained) == 2
+    files = {f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run.info.run_id, explained[0])}
+    assert "explanation.json" in files and any(f.startswith("heatmap_frame") and f.endswith(".png") for f in files)
 
 
 # ---- slow: the cross-family protocol ----------------------------------------------------------------
