@@ -27,6 +27,10 @@ temp file is left.
 ``make test`` runs 4 kills per backend (at least one among the part writes and one inside a
 compaction); ``make chaos`` runs ``RAYDF_CHAOS_KILLS`` (default 20) per backend, at least 3 of
 each; ``RAYDF_CHAOS_SEED`` picks another history.
+
+Also here: two ``pipelines/extract.py`` drivers started together on one output (one wins, the
+other names it), and a Ray Train worker SIGKILLed mid-training (each epoch logged once to MLflow
+and TensorBoard after the resume).
 """
 
 from __future__ import annotations
@@ -420,8 +424,9 @@ class History:
         """Mutate the inputs so that ``target`` has work to be killed in (and at random besides)."""
         if target == "parts":
             todo = self.todo()
-            need = max(0, 3 - len(todo))
-            for vid in self.rng.sample([v for v in self.good() if v not in todo], min(need, len(self.good()) - len(todo))):
+            done = [v for v in self.good() if v not in todo]
+            need = max(0, 3 - len(todo - self.inp.broken))
+            for vid in self.rng.sample(done, min(need, len(done))):
                 self.replace(vid)
         elif target == "compaction" and not self.leftover():
             done = [v for v in self.good() if v not in self.todo()]
@@ -442,7 +447,7 @@ class History:
         plan: dict[str, Any] = {"target": target, "input": str(self.inp.manifest), "output": self.output, "cfg": CFG}
         if target == "parts":
             # parts of about rows_per_file rows: kill after the k-th, before the last
-            n_parts = max(2, (len(self.todo()) + 1) // CFG["rows_per_file"])
+            n_parts = max(2, (len(self.todo()) + 1) // CFG["rows_per_file"])  # (a broken input's row too)
             plan["k"] = self.rng.randint(1, n_parts - 1)
             plan["delay_s"] = self.rng.uniform(0.0, 0.05)
         elif target in ("compaction", "manifest refresh"):
@@ -581,3 +586,104 @@ def test_random_kills_of_the_extraction_driver_lose_nothing(backend, tmp_path, r
           f"{history.replaced} inputs replaced, {history.resplit} splits changed; kills by phase: {dict(sorted(counts.items()))}")  # fmt: skip
     assert sum(counts.values()) >= KILLS
     assert counts["part writes"] >= MIN_EACH and counts["compaction"] >= MIN_EACH, counts
+
+
+# ---- metrics exactly once after a Train worker is killed ------------------------------------------------
+def _tensorboard_steps(directory: Path, tag: str) -> list[int]:
+    """Every step of ``tag`` in every event file under ``directory``, as written (duplicates kept:
+    TensorBoard's EventAccumulator would drop out-of-order repeats and hide them)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = []
+    for f in sorted(directory.rglob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(f)).Load():
+            steps.extend(event.step for v in event.summary.value if v.tag == tag)
+    return sorted(steps)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_each_epoch_is_logged_once_after_a_train_worker_is_killed(extracted, ray_cluster, tmp_path):
+    """A Train worker SIGKILLed after a registered checkpoint; training resumes from it. MLflow's
+    history of ``val_loss`` and the TensorBoard event files hold each epoch exactly once."""
+    import mlflow
+
+    from raydf.config import TrainConfig, load_config
+    from raydf.train import run_training
+
+    epochs = 6
+    cfg = load_config(TrainConfig, {
+        "model": {"gru_hidden": 32, "d_model": 32, "transformer_heads": 2, "ff_dim": 64, "fc_hidden": 16, "transformer_layers": 1},
+        "max_epochs": epochs, "batch_size": 4, "lr": 1e-3, "num_workers": 2, "cpus_per_worker": 0.5, "max_failures": 2,
+        "patience": 50, "val_fraction": 0.25, "test_fraction": 0.25,
+    })  # fmt: skip
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = run_training(str(extracted.features), cfg, storage_path=str(tmp_path / "rr"), name="once",
+                                         tracking_uri=tracking, full_report=False)  # fmt: skip
+        except BaseException as exc:  # surfaced below
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    snapshot = tmp_path / "rr" / "once" / "checkpoint_manager_snapshot.json"  # what the controller has registered
+    killed_after = None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and thread.is_alive():
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["epoch"]
+        except (OSError, ValueError, KeyError, TypeError):
+            latest = None
+        if latest is not None and latest >= 1:
+            workers = [a for a in ray_cluster.list_actors() if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"]
+            if workers:
+                os.kill(workers[0]["pid"], signal.SIGKILL)
+                killed_after = latest
+                break
+        time.sleep(0.2)
+    thread.join(timeout=900)
+    assert killed_after is not None and killed_after < epochs - 1, f"the kill missed the run (after epoch {killed_after})"
+    assert "error" not in box, box.get("error")
+    result = box["result"]
+    assert result.resumed_from >= killed_after, "training did not resume from the registered checkpoint"
+    assert [h["epoch"] for h in result.history] == list(range(epochs))
+
+    history = mlflow.MlflowClient(tracking).get_metric_history(result.run_id, S.VAL_LOSS)
+    assert sorted(m.step for m in history) == list(range(epochs)), f"MLflow val_loss steps: {sorted(m.step for m in history)}"
+    tb = _tensorboard_steps(tmp_path / "rr" / "once" / "raydf" / "tensorboard", S.VAL_LOSS)
+    assert tb == list(range(epochs)), f"TensorBoard val_loss steps: {tb}"
+    assert len(list((tmp_path / "rr" / "once" / "raydf" / "tensorboard").rglob("events.out.tfevents.*"))) >= 2  # the restart wrote its own file
+
+
+# ---- two writers, one output ---------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_two_concurrent_extractions_into_one_output_one_wins_the_other_names_it(backend, tmp_path, ray_cluster, s3, generated_dataset):
+    """Two ``pipelines/extract.py`` drivers started together on one output: exactly one writes it,
+    the other exits non-zero at once with a one-line error naming the holder's host and PID."""
+    import socket
+
+    inputs = make_inputs(backend, tmp_path, generated_dataset, s3, videos=4, broken=False)
+    output = f"s3://{s3.make_bucket('two-writers')}/features" if backend == "s3" else str(tmp_path / "features")
+    argv = [sys.executable, "pipelines/extract.py", "--input", str(inputs.manifest), "--output", output,
+            "--style-config", "psp_tiny", "--frames", "8", "--no-track"]  # fmt: skip
+    env = {**ray_cluster.driver_env(), "RAYDF_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=RUN_TIMEOUT_S) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(c == 0 for c in codes) == [False, True], f"return codes {codes}:\n" + "\n".join(o[1][-3000:] for o in outs)
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    err = outs[loser][1]
+    assert "is being written by another run" in err, err[-3000:]
+    assert f"host {socket.gethostname()}, PID {procs[winner].pid}," in err, err[-3000:]
+    assert "status: ok 4" in outs[winner][0]
+    from raydf.store import FeatureStore
+
+    rows = FeatureStore(output).read([S.VIDEO_ID, S.STATUS]).to_pylist()
+    assert sorted(r[S.VIDEO_ID] for r in rows) == sorted(inputs.rows) and {r[S.STATUS] for r in rows} == {S.STATUS_OK}
+    # A refusal is a plain error line, as every other raydf error (no traceback)
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("raydf extract: error:"), err[-3000:]
