@@ -611,10 +611,10 @@ def test_each_epoch_is_logged_once_after_a_train_worker_is_killed(extracted, ray
     from raydf.config import TrainConfig, load_config
     from raydf.train import run_training
 
-    epochs = 6
+    epochs = 4
     cfg = load_config(TrainConfig, {
         "model": {"gru_hidden": 32, "d_model": 32, "transformer_heads": 2, "ff_dim": 64, "fc_hidden": 16, "transformer_layers": 1},
-        "max_epochs": epochs, "batch_size": 4, "lr": 1e-3, "num_workers": 2, "cpus_per_worker": 0.5, "max_failures": 2,
+        "max_epochs": epochs, "batch_size": 4, "lr": 1e-3, "num_workers": 1, "cpus_per_worker": 0.5, "max_failures": 2,
         "patience": 50, "val_fraction": 0.25, "test_fraction": 0.25,
     })  # fmt: skip
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -685,5 +685,28 @@ def test_two_concurrent_extractions_into_one_output_one_wins_the_other_names_it(
 
     rows = FeatureStore(output).read([S.VIDEO_ID, S.STATUS]).to_pylist()
     assert sorted(r[S.VIDEO_ID] for r in rows) == sorted(inputs.rows) and {r[S.STATUS] for r in rows} == {S.STATUS_OK}
-    # A refusal is a plain error line, as every other raydf error (no traceback)
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("raydf extract: error:"), err[-3000:]
+
+
+def test_an_extraction_refused_by_the_lease_is_one_error_line(tmp_path):
+    """``raydf extract`` into an output another live run holds: exit 2 and one plain error line naming
+    the holder (as every other raydf error), before any Ray work."""
+    import socket
+
+    from raydf.store import FeatureStore
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"video_id,uri,label,dataset,split\nv,{videos / 'v.mp4'},0,x,train\n")
+    out = tmp_path / "features"
+    with FeatureStore(str(out)).acquire_lease(heartbeat_s=3600):  # this test process is the live holder
+        proc = subprocess.run(
+            [sys.executable, "-m", "raydf.cli", "extract", "--input", str(manifest), "--output", str(out), "--no-track"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "RAYDF_HOME": str(tmp_path / "home")},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode != 0
+    assert f"host {socket.gethostname()}, PID {os.getpid()}," in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 1 and lines[0].startswith("raydf extract: error:"), proc.stderr[-3000:]
+    assert proc.returncode == 2
