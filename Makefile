@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.raydf-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-quick demo bench bench-full browser-deps clean
+.PHONY: venv test test-quick chaos demo bench bench-full browser-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP) browser-deps
 
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The extraction driver SIGKILLed at random points of random histories (tests/test_chaos.py):
+# RAYDF_CHAOS_KILLS kills per backend (local and S3), RAYDF_CHAOS_SEED another history.
+chaos: $(STAMP)
+	RAYDF_CHAOS_KILLS=$${RAYDF_CHAOS_KILLS:-20} $(BIN)/python -m pytest tests/test_chaos.py -k random_kills -s $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/raydf demo

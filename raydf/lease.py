@@ -389,11 +389,13 @@ class Lease:
         """Mark the epoch released so the next run proceeds at once (idempotent)."""
         if self._ended:
             return
+        log.debug("releasing the lease on %s (epoch %d)", self.uri, self.epoch)
         self._ended = True
         self._stop_heartbeat()
         try:
             if not self._superseded():
                 self._folder.overwrite(replace(self.record, heartbeat=time.time(), released=True))
+                log.debug("released the lease on %s (epoch %d)", self.uri, self.epoch)
         except Exception as exc:
             log.warning("could not release the lease on %s (it goes stale after %.0f s): %s", self.uri, self.stale_after_s, exc)
 
@@ -434,6 +436,7 @@ def acquire(
     Raises:
         LeaseHeld: a live holder (or a contender that won the same epoch) holds the output.
     """
+    log.debug("acquiring the lease on %s", uri)
     folder = _Folder(fs, root)
     heartbeat_s = heartbeat_s if heartbeat_s is not None else max(stale_after_s / 10.0, 0.05)
     for _ in range(16):

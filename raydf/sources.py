@@ -151,6 +151,7 @@ def source_identities(uris: Iterable[str], *, min_list: int = 4, max_workers: in
     import fsspec
 
     uris = list(dict.fromkeys(uris))
+    log.debug("source identities: looking up %d inputs", len(uris))
     out: dict[str, SourceIdentity | None] = {}
     remote: dict[tuple[str, str], list[str]] = defaultdict(list)  # (scheme, parent) -> uris
     singles: list[str] = []

@@ -277,6 +277,7 @@ class FeatureStore:
             LeaseLost: ``lease`` no longer holds the output.
         """
         lease.check()
+        log.debug("ensure_config %s: begin", self.uri)
         wanted = {"feature_config": feature_config, "provenance": provenance, "schema": SCHEMA_VERSION}
         have = self.read_config()
         if have is None:
@@ -284,6 +285,7 @@ class FeatureStore:
             if names:
                 raise ExtractConfigMismatch(f"{self.uri} holds part files but no {CONFIG_FILE}: not a raydf output")
             self._put(CONFIG_FILE, json.dumps(wanted, indent=2, sort_keys=True).encode(), epoch=lease.epoch)
+            log.debug("ensure_config %s: done (recorded)", self.uri)
             return
         if have.get("schema") != SCHEMA_VERSION:
             raise ExtractConfigMismatch(
@@ -296,6 +298,7 @@ class FeatureStore:
                 f"{self.uri} already holds features extracted with a different config or weights "
                 f"({'; '.join(diffs[:6])}). Write to a new output, or delete it to start over."
             )
+        log.debug("ensure_config %s: done (matches)", self.uri)
 
     # ---- listing, writing, reading parts -----------------------------------------------------------------
     def _listing(self) -> tuple[list[str], list[dict[str, Any]]]:
@@ -503,6 +506,7 @@ class FeatureStore:
         Returns:
             The ids whose winning group is ``ok`` and was made from exactly that identity.
         """
+        log.debug("done %s: begin", self.uri)
         index, _ = self._index()
         out = set()
         for vid, ident in identities.items():
@@ -511,6 +515,7 @@ class FeatureStore:
                 continue
             if group[0].identity == (ident.uri, ident.size, ident.mtime, ident.etag or ""):
                 out.add(vid)
+        log.debug("done %s: %d of %d inputs done", self.uri, len(out), len(identities))
         return out
 
     def digest(self) -> str:
@@ -521,14 +526,17 @@ class FeatureStore:
         return h.hexdigest()
 
     # ---- maintenance under the lease -----------------------------------------------------------------------
-    def _rewrite_then_delete(self, lease: L.Lease, rewrites: list[tuple[PartInfo, pa.Table]], deletes: list[PartInfo]) -> list[PartInfo]:
+    def _rewrite_then_delete(self, lease: L.Lease, rewrites: list[tuple[PartInfo, pa.Table]], deletes: list[PartInfo], what: str) -> list[PartInfo]:
         """Write every replacement part, then (still holding the lease) delete the old ones."""
         written = []
         for old, table in rewrites:
             written.append(self.write_part(table, epoch=old.epoch, seq=old.seq, rev=old.rev + 1))
+            log.debug("%s %s: wrote %s (replaces %s)", what, self.uri, written[-1].name, old.name)
         if deletes:
             lease.check()
+            log.debug("%s %s: deleting %d parts", what, self.uri, len(deletes))
             self.fs.rm([self._path(p.name) for p in deletes])
+            log.debug("%s %s: deleted %d parts", what, self.uri, len(deletes))
         return written
 
     def _quarantine(self, parts: list[PartInfo]) -> None:
@@ -569,6 +577,7 @@ class FeatureStore:
             LeaseLost: ``lease`` no longer holds the output (nothing is deleted then).
         """
         lease.check()
+        log.debug("compact %s: begin (epoch %d)", self.uri, lease.epoch)
         tmp_removed = self._remove_ended_tmp(lease)
         index, broken = self._index()
         if broken:
@@ -588,9 +597,11 @@ class FeatureStore:
                 rewrites.append((p, table.take(pa.array(keep, pa.int64()))))
                 deletes.append(p)
                 superseded += n - len(keep)
-        self._rewrite_then_delete(lease, rewrites, deletes)
+        log.debug("compact %s: %d parts to rewrite, %d to delete", self.uri, len(rewrites), len(deletes))
+        self._rewrite_then_delete(lease, rewrites, deletes, "compact")
         if superseded:
             log.info("compacted %s: %d superseded rows, %d parts rewritten, %d removed", self.uri, superseded, len(rewrites), len(deletes) - len(rewrites))
+        log.debug("compact %s: done", self.uri)
         return CompactReport(
             parts=len(index.parts) - len(deletes) + len(rewrites),
             rows=kept_rows,
@@ -616,6 +627,7 @@ class FeatureStore:
             LeaseLost: ``lease`` no longer holds the output.
         """
         lease.check()
+        log.debug("refresh %s: begin", self.uri)
         cols = [c for c in REFRESH_COLUMNS if c in manifest.column_names]
         want = {}
         mcols = {c: manifest.column(c).cast(S.FEATURE_SCHEMA.field(c).type).to_pylist() for c in cols}
@@ -635,7 +647,9 @@ class FeatureStore:
                 values = [want[v][j] if v in want else have[c][i] for i, v in enumerate(vids)]
                 full = full.set_column(full.schema.get_field_index(c), S.FEATURE_SCHEMA.field(c), pa.array(values, S.FEATURE_SCHEMA.field(c).type))
             rewrites.append((p, full))
-        self._rewrite_then_delete(lease, rewrites, [p for p, _ in rewrites])
+        log.debug("refresh %s: %d parts to rewrite", self.uri, len(rewrites))
+        self._rewrite_then_delete(lease, rewrites, [p for p, _ in rewrites], "refresh")
         if changed:
             log.info("%s: %d rows brought in line with the manifest (%d parts rewritten)", self.uri, changed, len(rewrites))
+        log.debug("refresh %s: done", self.uri)
         return changed
