@@ -154,12 +154,9 @@ class ModelBundle:
         Raises:
             BundleError: not a file raydf wrote as a bundle, a crafted pickle, or another format.
         """
-        import torch
+        from raydf.models.weights import load_weights_only
 
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a pickle with code is refused here, as is a corrupt file
-            raise BundleError(f"{path} is not a raydf model bundle: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        obj = load_weights_only(path, f"model bundle {path}", BundleError)  # a pickle with code is refused
         if not isinstance(obj, dict) or obj.get("format") != BUNDLE_FORMAT:
             got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
             raise BundleError(f"{path} is not a raydf model bundle of format {BUNDLE_FORMAT} (found {got!r}); retrain with this raydf")

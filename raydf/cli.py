@@ -408,11 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raydf.config import ConfigError
     from raydf.datasets import ManifestError
     from raydf.models.weights import WeightsError
-    from raydf.lease import LeaseHeld
+    from raydf.lease import LeaseHeld, LeaseLost
     from raydf.store import ExtractConfigMismatch
     from raydf.video import VideoDecodeError
 
-    expected = (ConfigError, ManifestError, WeightsError, ExtractConfigMismatch, VideoDecodeError, BundleError, FileNotFoundError, LeaseHeld)
+    expected = (ConfigError, ManifestError, WeightsError, ExtractConfigMismatch, VideoDecodeError, BundleError, FileNotFoundError, LeaseHeld, LeaseLost)
     try:
         return _HANDLERS[args.command](args)
     except BrokenPipeError:  # `raydf detect x --json | head`: the reader left; not an error of ours

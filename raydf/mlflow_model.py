@@ -74,7 +74,8 @@ class FusionPyfunc(_PythonModel):
         self.bundle = ModelBundle.load(context.artifacts[_BUNDLE_KEY])
         self.model = self.bundle.model()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - untyped: MLflow reads hints as a schema
+        """(B, K*2048 + T*512 + T) packed features -> (B,) fake probabilities."""
         import torch
 
         arr = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
@@ -107,5 +108,6 @@ def log_model(bundle: ModelBundle, bundle_path: Path, out_dir: Path) -> None:
         python_model=str(code),
         artifacts={_BUNDLE_KEY: str(bundle_path)},
         signature=infer_signature(example, out),
+        input_example=example,
         pip_requirements=[f"raydf=={raydf.__version__}", f"torch=={torch.__version__.split('+')[0]}"],
     )

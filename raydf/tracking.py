@@ -34,7 +34,6 @@ __all__ = [
     "redact",
     "redact_uri",
     "strip_userinfo",
-    "worker_tracking_uri",
     "log_parquet_dataset",
 ]
 
@@ -72,21 +71,28 @@ def default_tracking_uri() -> str:
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """An explicit URI wins; a relative sqlite path is made absolute (a Ray job's cwd is temporary)."""
+    """The tracking URI to use, without credentials in it.
+
+    An explicit URI wins over ``MLFLOW_TRACKING_URI`` and the default store; a relative sqlite
+    path is made absolute (a Ray job's cwd is temporary). User info (``https://user:secret@host``)
+    is moved into ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (when those are unset),
+    where MLflow's client reads it: the returned URI is what raydf hands to MLflow, Ray workers,
+    tags, files and logs, so no secret travels in a URI. Ray workers on another machine need
+    those variables in the cluster's environment.
+    """
     uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    m = re.match(r"^\w[\w+.-]*://([^/@\s]+)@", uri)
+    if m:
+        from urllib.parse import unquote
+
+        user, _, password = m.group(1).partition(":")
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+        if password:
+            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+        uri = strip_userinfo(uri)
     return uri
-
-
-def worker_tracking_uri(uri: str) -> str:
-    """The tracking URI to hand to Ray workers: without user info (credentials travel in the
-    environment, ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``/``MLFLOW_TRACKING_TOKEN``)."""
-    clean = strip_userinfo(uri)
-    if clean != uri:
-        log.warning("credentials in the tracking URI are not passed to Ray workers; set MLFLOW_TRACKING_USERNAME/"
-                    "MLFLOW_TRACKING_PASSWORD in the cluster's environment instead")
-    return clean
 
 
 def strip_userinfo(uri: str) -> str:

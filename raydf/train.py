@@ -29,6 +29,7 @@ from raydf.bundle import BUNDLE_FILE, ModelBundle, TrainInfo
 from raydf.config import FusionConfig, StoreConfig, TrainConfig, load_config, to_dict
 from raydf.console import quiet_ray_kwargs
 from raydf.models.fusion import FusionClassifier
+from raydf.models.weights import load_weights_only
 from raydf.recipe import EarlyStopping, make_optimizer, make_scheduler, mixup, pos_weight, seed_everything
 from raydf.scoring import Predictions, predict_features
 from raydf.splits import SplitPlan, load_index, plan_splits
@@ -194,10 +195,7 @@ def load_checkpoint_state(directory: str | Path) -> dict[str, Any]:
         RuntimeError: the file is not a raydf training state (or carries a pickle payload).
     """
     path = Path(directory) / CHECKPOINT_FILE
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"{path} is not a raydf training checkpoint: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    return load_weights_only(path, f"training checkpoint {path}", RuntimeError)
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -491,7 +489,7 @@ def run_training(
             start_tags["mlflow.parentRunId"] = parent_run_id
         run = mlflow.start_run(run_id=existing) if existing else mlflow.start_run(experiment_id=exp, run_name=name, tags=start_tags)
         run_id = run.info.run_id
-        mlflow_cfg = {"tracking_uri": tracking.worker_tracking_uri(uri), "run_id": run_id}
+        mlflow_cfg = {"tracking_uri": uri, "run_id": run_id}  # resolve_tracking_uri: no credentials in it
         prov = store_config.provenance
         all_tags = {
             "raydf.stage": "train",
@@ -507,7 +505,7 @@ def run_training(
             "raydf.validation_fakes": "pseudo (self-blend)" if plan.pseudo_val else "dataset",
         }
         all_tags.update(tags or {})
-        mlflow.set_tags(all_tags)
+        mlflow.set_tags({k: tracking.redact(str(v)) for k, v in all_tags.items()})
         mlflow.log_params(tracking.safe_params({"train": to_dict(cfg), "extract": store_config.features.to_dict()}))
         mlflow.log_params({"pos_weight": round(pw, 6), **{f"n_{k}": v for k, v in counts.items()}, **{f"excluded_{k}": v for k, v in plan.excluded.items()}})
         tracking.log_parquet_dataset(features_uri, name="features", digest=store.digest(), context="training", num_rows=index.num_rows)

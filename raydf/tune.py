@@ -219,6 +219,13 @@ class SweepSpec:
     experiment_id: str | None = None
     attempts: int = 1
 
+    def __post_init__(self) -> None:  # credentials never stored: they travel in the environment
+        for name in ("path", "features", "tracking_uri"):
+            value = getattr(self, name)
+            if value:
+                object.__setattr__(self, name, tracking.strip_userinfo(value))
+        object.__setattr__(self, "tags", {k: tracking.redact(str(v)) for k, v in self.tags.items()})
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
@@ -248,12 +255,12 @@ def read_sweep_spec(experiment_path: str) -> SweepSpec:
     fs, p = _fs(experiment_path)
     try:
         with fs.open_input_stream(f"{p}/{SWEEP_FILE}") as f:
-            text = f.read().decode()
+            data = f.read()
     except (FileNotFoundError, pa.ArrowIOError) as exc:
         raise FileNotFoundError(f"{experiment_path} is not a raydf sweep (no {SWEEP_FILE})") from exc
     try:
-        return SweepSpec.from_json(text)
-    except (ValueError, TypeError) as exc:
+        return SweepSpec.from_json(data.decode())
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError: a binary file
         raise ValueError(f"{experiment_path}/{SWEEP_FILE} is not a raydf sweep spec: {exc}") from exc
 
 
@@ -601,13 +608,13 @@ def run_sweep(
     spec = SweepSpec(
         name=name,
         path=path,
-        features=tracking.strip_userinfo(features_uri),
+        features=features_uri,
         base=to_dict(base),
         space=space if isinstance(space, str) else "custom",
-        tracking_uri=tracking.strip_userinfo(tracking.resolve_tracking_uri(tracking_uri)) if track else None,
+        tracking_uri=tracking.resolve_tracking_uri(tracking_uri) if track else None,
         track=track,
         experiment=experiment or tracking.TUNE_EXPERIMENT,
-        tags=dict(tags or {}),
+        tags={k: tracking.redact(str(v)) for k, v in (tags or {}).items()},
         full_report=full_report,
         trial_cpus=trial_cpus,
         max_concurrent=concurrency,
@@ -663,7 +670,7 @@ def resume_sweep(path: str, *, tracking_uri: str | None = None) -> SweepResult:
     path = _abs_storage(path)
     spec = read_sweep_spec(path)
     if tracking_uri and spec.track:
-        spec = dataclasses.replace(spec, tracking_uri=tracking.strip_userinfo(tracking.resolve_tracking_uri(tracking_uri)))
+        spec = dataclasses.replace(spec, tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
     spec = dataclasses.replace(spec, attempts=spec.attempts + 1)
     _write_spec(spec)
     if not ray.is_initialized():

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WeightsError", "RandomInitWarning", "load_checkpoint", "random_provenance", "seeded"]
+__all__ = ["WeightsError", "RandomInitWarning", "load_checkpoint", "random_provenance", "seeded", "load_weights_only"]
 
 
 class WeightsError(RuntimeError):
@@ -51,13 +52,38 @@ def load_checkpoint(uri: str) -> tuple[Any, str]:
     if not data:
         raise WeightsError(f"weights file is empty: {uri}")
     digest = hashlib.sha256(data).hexdigest()
-    try:
-        import torch  # lazily: raydf's CLI imports WeightsError without paying for torch
-
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, pickle refused by weights_only, truncated file...
-        raise WeightsError(f"weights file {uri} is not a loadable torch checkpoint: {type(exc).__name__}: {exc}") from exc
+    obj = load_weights_only(io.BytesIO(data), f"weights file {uri}", WeightsError)
     return obj, f"sha256:{digest}"
+
+
+def load_weights_only(source: Any, what: str, error: type[Exception] = WeightsError) -> Any:
+    """``torch.load(source, weights_only=True)`` with an error a person can act on.
+
+    Every file raydf reads through torch (extractor weights, model bundles, training
+    checkpoints) goes through here: tensors and plain containers load; a pickled object that
+    would run code is refused, and the error names the global it asked for.
+
+    Raises:
+        ``error``: "<what> is refused: it holds a pickled object (<global>) that would run code ..."
+            or "<what> is not a loadable torch file: <reason>".
+    """
+    import pickle
+
+    import torch  # lazily: raydf's CLI imports WeightsError without paying for torch
+
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours its message
+        found = re.search(r"GLOBAL ([\w.]+)|global[s]? ([\w.]+)", text)
+        name = next((g for g in found.groups() if g), "an object") if found else "an object"
+        raise error(
+            f"{what} is refused: it holds a pickled object ({name}) that would run code when loaded; "
+            "raydf loads tensors and plain values only"
+        ) from None
+    except Exception as exc:  # a corrupt zip, a truncated file, not a torch file at all
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+        raise error(f"{what} is not a loadable torch file: {type(exc).__name__}: {first[0] if first else ''}") from None
 
 
 def random_provenance(seed: int, config: str, what: str) -> str:
