@@ -13,6 +13,7 @@ flattened and concatenated (:func:`pack`); output: (B,) fake probabilities.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,6 @@ def log_model(bundle: ModelBundle, bundle_path: Path, out_dir: Path) -> None:
     ``raydf detect`` reads without MLflow) and as the pyfunc model ``model`` (no pickle)."""
     import mlflow
     import torch
-    from mlflow.models import infer_signature
-
-    import raydf
 
     mlflow.log_artifact(str(bundle_path), BUNDLE_ARTIFACT_DIR)
     code = out_dir / "raydf_mlflow_model.py"
@@ -103,6 +101,19 @@ def log_model(bundle: ModelBundle, bundle_path: Path, out_dir: Path) -> None:
     with torch.inference_mode():
         content, style, valid = unpack(example, t, k)
         out = torch.sigmoid(model(torch.from_numpy(content.copy()), torch.from_numpy(style.copy()), torch.from_numpy(valid))).numpy()
+    with warnings.catch_warnings():
+        # MLflow suggests type hints on predict for validation; the logged signature already fixes the input
+        warnings.filterwarnings("ignore", message=r".*type hints to the .predict. method.*")
+        _log(code, bundle_path, example, out)
+
+
+def _log(code: Path, bundle_path: Path, example: np.ndarray, out: np.ndarray) -> None:
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    import raydf
+
     mlflow.pyfunc.log_model(
         name=MODEL_NAME,
         python_model=str(code),

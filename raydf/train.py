@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from ray.train import UserCallback
 from torch import nn
 
 from raydf import schema as S
@@ -203,71 +204,69 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v)) for k, v in metrics.items()}
 
 
-class EpochLog:
-    """Per-epoch metrics to MLflow and TensorBoard (rank 0), exactly once per epoch across restarts.
+class EpochLog(UserCallback):
+    """Per-epoch metrics to MLflow and TensorBoard, exactly once per epoch across worker restarts.
 
-    An epoch is logged only after its checkpoint is registered (``ray.train.report`` returned),
-    so a worker killed mid-epoch has logged nothing of it, and the epoch re-run after the restart
-    is logged once. A worker killed between registering and logging leaves a gap: on resume,
-    :meth:`backfill` logs the checkpoint's epochs that the sinks do not have yet.
+    A Ray Train callback: it runs in the Train controller, and ``after_report`` is called once the
+    controller has registered the epoch's checkpoint. An epoch whose workers died before that is
+    never logged, and is logged once when the restarted workers redo it. (Logging from the worker
+    right after ``ray.train.report`` returned logged such epochs twice: the controller registers
+    checkpoints after the report call returns.) A new controller (a restored Tune trial) starts by
+    reading which epochs the sinks already hold and skips them.
     """
 
     SCALARS = (S.TRAIN_LOSS, S.VAL_LOSS, S.TRAIN_ACC, S.VAL_ACC, S.VAL_AUC, S.LR)
 
-    def __init__(self, mlflow_cfg: dict[str, Any] | None, tensorboard_dir: str | None) -> None:
-        self.run_id = mlflow_cfg["run_id"] if mlflow_cfg else None
-        self.writer = None
-        self.tb_dir = tensorboard_dir
-        if self.run_id:
-            import mlflow
+    def __init__(self, tracking_uri: str | None, run_id: str | None, tensorboard_dir: str | None) -> None:
+        self.tracking_uri, self.run_id, self.tb_dir = tracking_uri, run_id, tensorboard_dir
+        self._writer: Any = None
+        self._have: dict[str, set[int]] | None = None  # sink -> epochs it holds
 
-            mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
-        if tensorboard_dir:
+    def _open(self) -> dict[str, set[int]]:
+        have: dict[str, set[int]] = {"mlflow": set(), "tensorboard": set()}
+        if self.run_id:
+            from mlflow import MlflowClient
+
+            have["mlflow"] = {int(m.step) for m in MlflowClient(self.tracking_uri).get_metric_history(self.run_id, S.VAL_LOSS)}
+        if self.tb_dir:
+            from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(tensorboard_dir)
+            if Path(self.tb_dir).exists():
+                acc = EventAccumulator(self.tb_dir, size_guidance={"scalars": 0})
+                acc.Reload()
+                if S.VAL_LOSS in acc.Tags().get("scalars", []):
+                    have["tensorboard"] = {int(e.step) for e in acc.Scalars(S.VAL_LOSS)}
+            self._writer = SummaryWriter(self.tb_dir)
+        return have
 
-    def _mlflow_steps(self) -> set[int]:
-        from mlflow import MlflowClient
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:  # noqa: ARG002
+        if not metrics or S.EPOCH not in metrics[0]:
+            return
+        if self._have is None:
+            self._have = self._open()
+        m = metrics[0]  # every rank reports the same gathered metrics
+        epoch = int(m[S.EPOCH])
+        if self.run_id and epoch not in self._have["mlflow"]:
+            from mlflow import MlflowClient
 
-        return {int(m.step) for m in MlflowClient().get_metric_history(self.run_id, S.VAL_LOSS)}
-
-    def _tb_steps(self) -> set[int]:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        acc = EventAccumulator(self.tb_dir, size_guidance={"scalars": 0})
-        acc.Reload()
-        return {int(e.step) for e in acc.Scalars(S.VAL_LOSS)} if S.VAL_LOSS in acc.Tags().get("scalars", []) else set()
-
-    def backfill(self, history: list[dict[str, Any]]) -> None:
-        """Log the epochs of a resumed checkpoint's history that a sink lacks."""
-        have_ml = self._mlflow_steps() if self.run_id else set()
-        have_tb = self._tb_steps() if self.writer is not None else set()
-        for m in history:
-            self.log(m, mlflow_sink=int(m[S.EPOCH]) not in have_ml, tb_sink=int(m[S.EPOCH]) not in have_tb)
-
-    def log(self, metrics: dict[str, Any], *, mlflow_sink: bool = True, tb_sink: bool = True) -> None:
-        epoch = int(metrics[S.EPOCH])
-        if self.run_id and mlflow_sink:
-            import mlflow
-
-            mlflow.log_metrics(
-                {k: float(metrics[k]) for k in S.EPOCH_METRICS if k in metrics and np.isfinite(metrics[k])}, step=epoch, run_id=self.run_id
-            )
-        if self.writer is not None and tb_sink:
+            values = {k: float(m[k]) for k in S.EPOCH_METRICS if k in m and np.isfinite(m[k])}
+            client = MlflowClient(self.tracking_uri)
+            for k, v in values.items():
+                client.log_metric(self.run_id, k, v, step=epoch)
+            self._have["mlflow"].add(epoch)
+        if self._writer is not None and epoch not in self._have["tensorboard"]:
             for k in self.SCALARS:
-                if k in metrics and np.isfinite(metrics[k]):
-                    self.writer.add_scalar(k, metrics[k], epoch)
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+                if k in m and np.isfinite(m[k]):
+                    self._writer.add_scalar(k, float(m[k]), epoch)
+            self._writer.flush()
+            self._have["tensorboard"].add(epoch)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker loop. ``config``: ``train`` (TrainConfig dict), ``pos_weight``, ``feature_stats``,
-    ``mlflow`` (tracking URI without credentials + run id, optional), ``tensorboard_dir``."""
+    """Ray Train worker loop. ``config``: ``train`` (TrainConfig dict), ``pos_weight``, ``feature_stats``.
+
+    Per-epoch metrics reach MLflow and TensorBoard through :class:`EpochLog` in the controller."""
     import ray.train
     import ray.train.torch
 
@@ -304,9 +303,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resumed_from = state["epoch"]
         rng = np.random.default_rng(cfg.seed + 1000 * rank + start_epoch)
 
-    epoch_log = EpochLog(config.get("mlflow"), config.get("tensorboard_dir")) if rank == 0 else None
-    if epoch_log is not None and history:
-        epoch_log.backfill(history)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -363,13 +359,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
-        if epoch_log is not None:  # after the checkpoint is registered: exactly once (see EpochLog)
-            epoch_log.log(metrics)
         if stop:
             log.info("early stopping at epoch %d (best %d)", epoch, early.best_epoch)
             break
-    if epoch_log is not None:
-        epoch_log.close()
 
 
 # ---- the driver ------------------------------------------------------------------------------------
@@ -473,7 +465,7 @@ def run_training(
         ray.init(ignore_reinit_error=True, **quiet_ray_kwargs())
 
     run_id = None
-    mlflow_cfg = None
+    mlflow_cfg: dict[str, str] | None = None
     if track:
         import mlflow
 
@@ -513,6 +505,8 @@ def run_training(
     try:
         datasets = training_datasets(features_uri, plan, cfg)
         stats = feature_stats(datasets["train"])
+        epoch_log = EpochLog(mlflow_cfg["tracking_uri"] if mlflow_cfg else None, run_id, str(out_dir / "tensorboard"))
+        callbacks = [*(callbacks or []), epoch_log]
         board = None
         if progress:
             from raydf.progress import EpochProgress, ProgressBoard
@@ -525,8 +519,6 @@ def run_training(
                 "train": to_dict(cfg),
                 "pos_weight": pw,
                 "feature_stats": stats,
-                "mlflow": mlflow_cfg,
-                "tensorboard_dir": str(out_dir / "tensorboard"),
             },
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,
