@@ -13,7 +13,6 @@ flattened and concatenated (:func:`pack`); output: (B,) fake probabilities.
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +74,11 @@ class FusionPyfunc(_PythonModel):
         self.bundle = ModelBundle.load(context.artifacts[_BUNDLE_KEY])
         self.model = self.bundle.model()
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - untyped: MLflow reads hints as a schema
-        """(B, K*2048 + T*512 + T) packed features -> (B,) fake probabilities."""
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        """(B, K*2048 + T*512 + T) packed features -> (B,) fake probabilities.
+
+        ``np.ndarray`` is a hint MLflow takes without inferring a schema (the logged signature fixes it).
+        """
         import torch
 
         arr = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
@@ -101,15 +103,6 @@ def log_model(bundle: ModelBundle, bundle_path: Path, out_dir: Path) -> None:
     with torch.inference_mode():
         content, style, valid = unpack(example, t, k)
         out = torch.sigmoid(model(torch.from_numpy(content.copy()), torch.from_numpy(style.copy()), torch.from_numpy(valid))).numpy()
-    with warnings.catch_warnings():
-        # MLflow suggests type hints on predict for validation; the logged signature already fixes the input
-        warnings.filterwarnings("ignore", message=r".*type hints to the .predict. method.*")
-        _log(code, bundle_path, example, out)
-
-
-def _log(code: Path, bundle_path: Path, example: np.ndarray, out: np.ndarray) -> None:
-    import mlflow
-    import torch
     from mlflow.models import infer_signature
 
     import raydf
