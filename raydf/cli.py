@@ -476,6 +476,8 @@ def _add_tune_parser(sub: Any) -> None:
     p.add_argument("--storage", default=None, help="sweep storage: local dir or s3://... (default <RAYDF_HOME>/ray_results)")
     p.add_argument("--name", default=None, help="sweep name; rerunning with the same name and storage resumes it")
     p.add_argument("--resume", default=None, metavar="PATH", help="resume the interrupted sweep at PATH (<storage>/<name>)")
+    p.add_argument("--trust-state", action="store_true", help="resume even if the sweep's Tune state is not signed by your key "
+                   "(Tune unpickles it: only for sweeps you know)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="MLflow tag on the parent and every trial, e.g. dataset=ffpp")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default raydf-tune)")
     p.add_argument("--artifact-location", default=None, help="artifact root of a new MLflow experiment, e.g. s3://bucket/mlflow")
@@ -502,7 +504,13 @@ def _tune(args: argparse.Namespace) -> int:
     from raydf.tune import resume_sweep, run_sweep
 
     if args.resume:
-        result = resume_sweep(args.resume, tracking_uri=args.tracking_uri)
+        from raydf.tune import SweepStateUntrusted
+
+        try:
+            result = resume_sweep(args.resume, tracking_uri=args.tracking_uri, trust_state=args.trust_state)
+        except (SweepStateUntrusted, FileNotFoundError, ValueError) as exc:
+            print(f"raydf tune: error: {_one_line(exc)}", file=_terminal())
+            return 2
     else:
         if not args.features:
             print("raydf tune: error: --features is required (or --resume PATH)", file=_terminal())

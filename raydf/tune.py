@@ -55,6 +55,9 @@ __all__ = [
     "resume_sweep",
     "read_sweep_spec",
     "SweepSpec",
+    "SweepStateUntrusted",
+    "sign_sweep_state",
+    "verify_sweep_state",
 ]
 
 METRIC, MODE = S.VAL_LOSS, "min"  # ASHA's rungs: the recipe's early stopping watches the same
@@ -262,6 +265,85 @@ def read_sweep_spec(experiment_path: str) -> SweepSpec:
         return SweepSpec.from_json(data.decode())
     except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError: a binary file
         raise ValueError(f"{experiment_path}/{SWEEP_FILE} is not a raydf sweep spec: {exc}") from exc
+
+
+# ---- Tune's own state: signed, because restoring it unpickles it ------------------------------------------
+SIGNATURE_FILE = "raydf_sweep.sig"
+KEY_ENV = "RAYDF_SWEEP_KEY_FILE"  # where the signing key lives (default ~/.raydf/sweep.key)
+
+
+class SweepStateUntrusted(RuntimeError):
+    """A sweep's Tune state is not signed by this user's key (``Tuner.restore`` would unpickle it)."""
+
+
+def _signing_key() -> bytes:
+    """This user's sweep-signing key (created 0600 on first use)."""
+    path = Path(os.environ.get(KEY_ENV) or Path.home() / ".raydf" / "sweep.key")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    return path.read_bytes()
+
+
+def _state_digests(experiment_path: str) -> dict[str, str]:
+    """HMAC-SHA256 of every file ``Tuner.restore`` and ``ExperimentAnalysis`` may unpickle: the
+    experiment dir's own files (``tuner.pkl``, ``experiment_state-*.json`` holding cloudpickled
+    trials, searcher state) and every ``*.pkl`` below it (trials' ``params.pkl``)."""
+    import hashlib
+    import hmac
+
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(experiment_path)
+    key = _signing_key()
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        rel = info.path[len(root.rstrip("/")) + 1 :]
+        top = "/" not in rel
+        if rel in (SIGNATURE_FILE, SWEEP_FILE) or not (top or rel.endswith(".pkl")):
+            continue
+        with fs.open_input_stream(info.path) as f:
+            out[rel] = hmac.new(key, f.read(), hashlib.sha256).hexdigest()
+    return out
+
+
+def sign_sweep_state(experiment_path: str) -> None:
+    """Record the HMACs of the sweep's Tune state (at the end of every run or resume)."""
+    fs, p = _fs(experiment_path)
+    with fs.open_output_stream(f"{p}/{SIGNATURE_FILE}") as f:
+        f.write(json.dumps(_state_digests(experiment_path), indent=1, sort_keys=True).encode())
+
+
+def verify_sweep_state(experiment_path: str) -> None:
+    """Refuse a sweep whose Tune state is not exactly what this user's raydf signed.
+
+    Raises:
+        SweepStateUntrusted: no signature (e.g. a hard-killed driver, or another user's sweep), or
+            a signed file changed, or an unsigned file appeared.
+    """
+    import hmac
+
+    fs, p = _fs(experiment_path)
+    try:
+        with fs.open_input_stream(f"{p}/{SIGNATURE_FILE}") as f:
+            signed = json.loads(f.read().decode())
+    except (FileNotFoundError, OSError, ValueError):
+        signed = None
+    why = "it has no signature of its Tune state (written when a sweep ends or is interrupted)"
+    if signed is not None:
+        now = _state_digests(experiment_path)
+        bad = sorted(k for k in now if k not in signed or not hmac.compare_digest(now[k], str(signed[k])))
+        if not bad:
+            return
+        why = f"its Tune state changed since raydf signed it ({', '.join(bad[:3])})"
+    raise SweepStateUntrusted(
+        f"refusing to resume {tracking.redact(experiment_path)}: {why}. Resuming unpickles that state, which "
+        "runs whatever code it holds; resume only sweeps your raydf wrote (or pass trust_state=True / --trust-state)."
+    )
 
 
 # ---- the trial ----------------------------------------------------------------------------------------
@@ -648,11 +730,14 @@ def run_sweep(
         run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=list(callbacks or []) or None,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )  # fmt: skip
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        sign_sweep_state(path)
     return _finish(spec, t0)
 
 
-def resume_sweep(path: str, *, tracking_uri: str | None = None) -> SweepResult:
+def resume_sweep(path: str, *, tracking_uri: str | None = None, trust_state: bool = False) -> SweepResult:
     """Resume an interrupted sweep from its experiment dir (``Tuner.restore``).
 
     Finished trials (completed, stopped by ASHA or failed) are kept as they are; unfinished
@@ -662,6 +747,11 @@ def resume_sweep(path: str, *, tracking_uri: str | None = None) -> SweepResult:
     Args:
         path: ``<storage_path>/<name>`` of the sweep (local or ``s3://``).
         tracking_uri: MLflow store, when it differs from the one the sweep was started with.
+        trust_state: resume even if the Tune state is not signed by this user's key.
+
+    Raises:
+        SweepStateUntrusted: the sweep's Tune state is not signed by this user's key (Tune's
+            restore unpickles it) and ``trust_state`` is False.
     """
     import ray
     from ray import tune
@@ -669,6 +759,8 @@ def resume_sweep(path: str, *, tracking_uri: str | None = None) -> SweepResult:
     t0 = time.perf_counter()
     path = _abs_storage(path)
     spec = read_sweep_spec(path)
+    if not trust_state:
+        verify_sweep_state(path)
     if tracking_uri and spec.track:
         spec = dataclasses.replace(spec, tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
     spec = dataclasses.replace(spec, attempts=spec.attempts + 1)
@@ -680,7 +772,10 @@ def resume_sweep(path: str, *, tracking_uri: str | None = None) -> SweepResult:
         client.update_run(spec.parent_run_id, status="RUNNING")
         client.set_tag(spec.parent_run_id, TAG_STATE, "running")
     tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=False)
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        sign_sweep_state(path)
     return _finish(spec, t0)
 
 

@@ -635,3 +635,34 @@ def test_a_sweep_with_a_credentialed_tracking_uri_leaks_nothing(credentialed_mlf
         leaks += [f"{name} in MLflow params/tags/artifacts"] if secret_value in text else []
         leaks += [f"{name} in the sweep's storage: {f}" for f in _scan([tmp_path / "rr"], secret_value)]
     assert not leaks, "\n".join(leaks)
+
+
+def test_sweep_state_is_resumed_only_as_signed(tmp_path, monkeypatch):
+    """What raydf signed at the end of a sweep verifies; a changed or an added pickle does not."""
+    from raydf.tune import SweepStateUntrusted, sign_sweep_state, verify_sweep_state
+
+    monkeypatch.setenv("RAYDF_SWEEP_KEY_FILE", str(tmp_path / "key"))
+    d = tmp_path / "sweep"
+    (d / "trial-1").mkdir(parents=True)
+    (d / "tuner.pkl").write_bytes(b"tune's own pickle")
+    (d / "experiment_state-1.json").write_text('{"trials": []}')
+    (d / "trial-1" / "params.pkl").write_bytes(b"params")
+    (d / "trial-1" / "progress.csv").write_text("a,b\n")
+    with pytest.raises(SweepStateUntrusted, match="no signature"):
+        verify_sweep_state(str(d))
+    sign_sweep_state(str(d))
+    verify_sweep_state(str(d))
+    assert oct((tmp_path / "key").stat().st_mode & 0o777) == "0o600"
+    (d / "trial-1" / "progress.csv").write_text("a,b\n1,2\n")  # results are not pickles: no matter
+    verify_sweep_state(str(d))
+    (d / "tuner.pkl").write_bytes(b"someone else's pickle")
+    with pytest.raises(SweepStateUntrusted, match="tuner.pkl"):
+        verify_sweep_state(str(d))
+    sign_sweep_state(str(d))
+    (d / "trial-1" / "evil.pkl").write_bytes(b"added")
+    with pytest.raises(SweepStateUntrusted, match="evil.pkl"):
+        verify_sweep_state(str(d))
+    monkeypatch.setenv("RAYDF_SWEEP_KEY_FILE", str(tmp_path / "another-key"))  # another user's key
+    (d / "trial-1" / "evil.pkl").unlink()
+    with pytest.raises(SweepStateUntrusted, match="changed"):
+        verify_sweep_state(str(d))
