@@ -56,7 +56,7 @@ from raydf import schema as S
 from raydf.serve.config import MAX_JSON_BYTES, ServeConfig, serve_config
 from raydf.serve.errors import ServiceError, error_body, status_of
 from raydf.serve.media import SNIFF_BYTES, sniff_container
-from raydf.serve.stream import SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX, RollingWindow, WindowSnapshot, decode_frame
+from raydf.serve.stream import SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX, RollingWindow, WindowSnapshot, check_frame, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def _model_summary(det: Any) -> dict[str, Any]:
         "threshold": det.bundle.threshold,
         "device": str(det.feature_stage.extractor.device),
         "feature_precision": det.precision,
+        "max_pixels": det.cfg.video.max_pixels,
     }
 
 
@@ -505,6 +506,11 @@ class _StreamSession:
             assert self.window is not None
             t = self.next_time if self.next_time is not None else self.window.received / cfg.fps
             self.next_time = None
+            try:
+                check_frame(data, max_pixels=int(info["max_pixels"]))  # the header only: a bad frame never enters the window
+            except ServiceError as exc:
+                await self.error(exc.status, exc.message)
+                continue
             if self.window.push(data, t, time.perf_counter()):
                 self._schedule()
 

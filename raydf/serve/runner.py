@@ -46,11 +46,11 @@ class ServiceHandle:
         from ray import serve
 
         try:
-            if self.owns_cluster:
-                serve.shutdown()
-            else:  # a shared cluster: take only our application down
+            if not self.owns_cluster:  # a shared cluster: take only our application down
                 serve.delete(self.app_name)
         finally:
+            # The local Ray this process started goes down with every Serve actor in it: no graceful
+            # drain of the controller (serve.shutdown() waits up to 30 s for it on a busy machine).
             if self.connected:
                 ray.shutdown()
 

@@ -18,7 +18,8 @@ two deployments as an upload. ``latency_s`` runs from the arrival of the window'
 frame to the moment its score is sent. While one update is being computed, later due
 updates collapse into one on the newest window (``skipped`` counts the collapsed ones), so a
 slow model never builds a queue. Errors arrive as ``{"type": "error", "status": ..,
-"message": ..}``; a frame error does not end the stream.
+"message": ..}``; a frame error does not end the stream: a frame that is not an image (or is
+over the size caps) is refused as it arrives, from its header, and never enters the window.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 from raydf.serve.errors import ServiceError
 from raydf.video import sample_indices
 
-__all__ = ["StreamFrame", "WindowSnapshot", "RollingWindow", "decode_frame", "FRAME_FORMATS", "SUBPROTOCOL", "TOKEN_PROTOCOL_PREFIX"]
+__all__ = ["StreamFrame", "WindowSnapshot", "RollingWindow", "check_frame", "decode_frame", "FRAME_FORMATS", "SUBPROTOCOL", "TOKEN_PROTOCOL_PREFIX"]
 
 SUBPROTOCOL = "raydf.stream.v1"
 # A browser cannot set headers on a WebSocket: it may offer the token as a second subprotocol.
@@ -94,13 +95,7 @@ class RollingWindow:
         )
 
 
-def decode_frame(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """One streamed frame -> (H, W, 3) uint8 RGB.
-
-    Raises:
-        ServiceError: 415 not an image of :data:`FRAME_FORMATS`; 413 over ``max_pixels`` (checked from
-            the header, before decoding); 422 an image that does not decode.
-    """
+def _open(data: bytes, max_pixels: int):  # noqa: ANN202 - a PIL image, header read, pixels not decoded
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -114,6 +109,26 @@ def decode_frame(data: bytes, *, max_pixels: int) -> np.ndarray:
     w, h = img.size
     if w * h > max_pixels:
         raise ServiceError(413, f"frame size {w}x{h} = {w * h:,} pixels is over max_pixels={max_pixels:,}")
+    return img
+
+
+def check_frame(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of a streamed frame, from its header only (the ingress checks each frame as it arrives).
+
+    Raises:
+        ServiceError: 415 not an image of :data:`FRAME_FORMATS`; 413 over ``max_pixels``.
+    """
+    return _open(data, max_pixels).size
+
+
+def decode_frame(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """One streamed frame -> (H, W, 3) uint8 RGB.
+
+    Raises:
+        ServiceError: 415 not an image of :data:`FRAME_FORMATS`; 413 over ``max_pixels`` (checked from
+            the header, before decoding); 422 an image that does not decode.
+    """
+    img = _open(data, max_pixels)
     try:
         return np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
     except Exception as exc:  # truncated or corrupt image data
