@@ -112,7 +112,7 @@ function upload(file) {
     const form = new FormData();
     form.append("video", file, file.name);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/v1/detect");
+    xhr.open("POST", $("explain").checked ? "/v1/detect?explain=true" : "/v1/detect");
     for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
     xhr.responseType = "json";
     const bar = $("progress");
@@ -346,7 +346,7 @@ async function drawCrops(result) {
   $("crops-title").textContent = heat.size ? "Face crops and heat maps" : "Face crops";
   $("crops-note").textContent = heat.size
     ? `${result.explanation.method || "explanation"}: where in the face the model looked, on the ${heat.size} most important frames`
-    : "The crop box of the face on each sampled frame (no heat maps in this answer: ask with ?explain=true).";
+    : `The crop box of the face on each sampled frame (${$("explain").checked ? "the service sent no explanation" : "tick explain for heat maps"}).`;
   const grab = frameGrabber(state.objectUrl);
   const size = 128;
   for (const i of [...new Set(picks)]) {
