@@ -226,10 +226,10 @@ def test_byte_sizes_on_the_command_line():
 def test_fit_to_cluster_scales_logical_cpus_only():
     from raydf.serve.runner import fit_to_cluster
 
-    cfg = serve_config({"crop": {"num_cpus": 2}, "features": {"num_cpus": 2}})
+    cfg = serve_config({"crop": {"num_cpus": 2, "threads": 2}, "features": {"num_cpus": 2, "threads": 3}})
     small = fit_to_cluster(cfg, 2.0)
     assert small.crop.num_cpus + small.features.num_cpus + small.ingress.num_cpus <= 2.0
-    assert (small.crop.torch_threads, small.features.torch_threads) == (2, 2)  # the threads stay
+    assert (small.crop.torch_threads, small.features.torch_threads) == (2, 3)  # the threads stay
     assert fit_to_cluster(cfg, 8.0) is cfg
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ class ReplicaConfig:
     max_replicas: int = 1
     target_ongoing_requests: float = 2.0  # Serve's autoscaling target per replica
     max_ongoing_requests: int = 8  # requests a replica takes at once (>= the batch size for the feature deployment)
-    threads: int = 0  # torch intra-op threads in the replica; 0 = max(1, round(num_cpus))
+    threads: int = 0  # torch intra-op threads in the replica; 0 = every core of its node (as ExtractConfig.feature_threads)
 
     def __post_init__(self) -> None:
         _check(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0")
@@ -44,7 +45,8 @@ class ReplicaConfig:
 
     @property
     def torch_threads(self) -> int:
-        return self.threads or max(1, round(self.num_cpus))
+        """Threads in the replica (read where it runs: 0 means that node's cores)."""
+        return self.threads or len(os.sched_getaffinity(0))
 
     def actor_options(self) -> dict[str, Any]:
         """``ray_actor_options`` of the deployment."""
@@ -90,11 +92,14 @@ class StreamConfig:
 
 
 def _crop_defaults() -> ReplicaConfig:
-    return ReplicaConfig(num_cpus=1.0, target_ongoing_requests=2.0, max_ongoing_requests=4)
+    # One MTCNN thread, as a crop actor of the pipeline (ExtractConfig.crop_threads).
+    return ReplicaConfig(num_cpus=1.0, target_ongoing_requests=2.0, max_ongoing_requests=4, threads=1)
 
 
 def _feature_defaults() -> ReplicaConfig:
-    return ReplicaConfig(num_cpus=1.0, target_ongoing_requests=4.0, max_ongoing_requests=16)
+    # Every core: the feature stage dominates, so it takes the cores the crop replica leaves idle
+    # (as the pipeline's feature actors, ExtractConfig.feature_threads = 0).
+    return ReplicaConfig(num_cpus=1.0, target_ongoing_requests=4.0, max_ongoing_requests=16, threads=0)
 
 
 def _ingress_defaults() -> ReplicaConfig:

@@ -30,7 +30,7 @@ def fit_to_cluster(cfg: ServeConfig, cpus: float) -> ServeConfig:
     log.warning("one replica of each deployment asks for %.2f CPUs, the cluster has %.2f: scaling the requests by %.2f", want, cpus, f)
 
     def scaled(r: Any) -> Any:
-        return replace(r, num_cpus=round(r.num_cpus * f, 3), threads=r.torch_threads)
+        return replace(r, num_cpus=round(r.num_cpus * f, 3))
 
     return replace(cfg, crop=scaled(cfg.crop), features=scaled(cfg.features), ingress=scaled(cfg.ingress))
 
