@@ -88,22 +88,39 @@ def _post(url: str, token: str, path: Path) -> tuple[float, int, dict[str, Any]]
     return time.perf_counter() - t0, r.status_code, (r.json() if r.headers.get("content-type", "").startswith("application/json") else {})
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and every process below it (the local
+    Ray: GCS, raylet, Serve's controller, proxy and replicas), so both contenders are charged alike."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def load_round(url: str, token: str, jobs: list[Path]) -> dict[str, Any]:
-    """``jobs`` as concurrent uploads (CONCURRENCY at a time): wall, latencies, answers."""
-    t0 = time.perf_counter()
+    """``jobs`` as concurrent uploads (CONCURRENCY at a time): wall, CPU-s, latencies, answers."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
         out = list(pool.map(lambda p: _post(url, token, p), jobs))
-    return {"wall": time.perf_counter() - t0, "latency": [o[0] for o in out], "status": [o[1] for o in out], "body": [o[2] for o in out]}
+    return {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "latency": [o[0] for o in out],
+            "status": [o[1] for o in out], "body": [o[2] for o in out]}  # fmt: skip
 
 
 def sequential_round(det: Any, jobs: list[Path]) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     probs, each = [], []
     for p in jobs:
         t = time.perf_counter()
         probs.append(det(str(p)).fake_probability)
         each.append(time.perf_counter() - t)
-    return {"wall": time.perf_counter() - t0, "prob": probs, "each": each}
+    return {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "prob": probs, "each": each}
 
 
 def console_round(bundle: Path, jobs: list[Path]) -> dict[str, Any]:
@@ -287,12 +304,18 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
     result.ratio("service throughput / sequential `raydf detect` console calls", svc_tput / console_tput, None, ">=",
                  f"{console_tput:.3f} clips/s over {len(console_jobs)} calls ({console['wall'] / len(console_jobs):.1f} s each; "
                  f"the in-process loop took {det_time_same / len(console_jobs):.2f} s each on the same clips)")  # fmt: skip
+    cpu_ratio = median([(s["cpu"] / len(clips)) / (v["cpu"] / len(clips)) for s, v in zip(seq_runs, svc_runs)])
+    result.ratio("CPU-s per clip: sequential loop / service (>1: the service spends less CPU per clip)", cpu_ratio, None, ">=",
+                 f"{median([r['cpu'] for r in seq_runs]) / len(clips):.2f} vs {median([r['cpu'] for r in svc_runs]) / len(clips):.2f} "
+                 f"CPU-s per clip (every process of the run: driver, Ray, Serve)")  # fmt: skip
     result.tables["throughput and latency"] = [
         {"mode": "sequential, in process (warm Detector)", "clips/s": round(seq_tput, 3),
-         "wall s per round": round(median([r["wall"] for r in seq_runs]), 2), "p50 s": round(float(np.percentile([e for r in seq_runs for e in r["each"]], 50)), 2),
+         "wall s per round": round(median([r["wall"] for r in seq_runs]), 2),
+         "CPU-s per clip": round(median([r["cpu"] for r in seq_runs]) / len(clips), 3), "p50 s": round(float(np.percentile([e for r in seq_runs for e in r["each"]], 50)), 2),
          "p95 s": round(float(np.percentile([e for r in seq_runs for e in r["each"]], 95)), 2), "failures": 0},
         {"mode": f"service, {REQUESTS} requests {CONCURRENCY} at a time", "clips/s": round(svc_tput, 3),
-         "wall s per round": round(median([r["wall"] for r in svc_runs]), 2), "p50 s": round(float(np.percentile(lat, 50)), 2),
+         "wall s per round": round(median([r["wall"] for r in svc_runs]), 2),
+         "CPU-s per clip": round(median([r["cpu"] for r in svc_runs]) / len(clips), 3), "p50 s": round(float(np.percentile(lat, 50)), 2),
          "p95 s": round(float(np.percentile(lat, 95)), 2), "failures": failures},
         {"mode": f"`raydf detect` console, one call per clip ({len(console_jobs)} clips)", "clips/s": round(console_tput, 3),
          "wall s per round": round(console["wall"], 2), "p50 s": None, "p95 s": None, "failures": 0},
@@ -311,6 +334,7 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
          "latency p50 s": round(float(np.percentile(s["latency"], 50)), 3), "latency max s": round(max(s["latency"]), 3)}
     ]  # fmt: skip
     result.config["max_abs_probability_difference_vs_in_process"] = worst
+    result.config["loadavg_end"] = os.getloadavg()
     result.config["bad_requests_all_right"] = all(b["got"] == b["expected"] and b["json error"] for b in bad)
     result.notes.append(
         "Same clips, same model; the service's answers equal the in-process probabilities within "

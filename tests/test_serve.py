@@ -223,6 +223,30 @@ def test_byte_sizes_on_the_command_line():
         _byte_size("lots")
 
 
+def test_raydf_serve_refuses_a_missing_token_file_before_starting_anything(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "raydf.cli", "serve", "--model", str(tmp_path / "m.pt"), "--token-file",
+                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**__import__("os").environ, "HOME": str(tmp_path), "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 2 and "token file" in proc.stderr and "missing" in proc.stderr
+    assert not (tmp_path / ".ray").exists()  # no Ray was started
+
+
+def test_the_page_ships_with_the_package():
+    import tomllib
+    from importlib import resources
+
+    from raydf.serve.app import STATIC_FILES
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["raydf"]
+    root = resources.files("raydf.serve") / "static"
+    for name in STATIC_FILES:
+        assert (root / name).is_file()
+        assert any(Path(f"serve/static/{name}").match(pattern) for pattern in data), name
+
+
 def test_fit_to_cluster_scales_logical_cpus_only():
     from raydf.serve.runner import fit_to_cluster
 
