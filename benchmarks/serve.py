@@ -3,7 +3,10 @@
 16 generated clips of varied length (320x240, a real face; reals and their fakes) go through:
 
 * **sequential, in process**: one :class:`raydf.detect.Detector` (model and extractors loaded once,
-  every core), called clip after clip -- the best a single process does without the service;
+  every core), called clip after clip -- the best a single process does without the service; and
+  the same loop at 1 torch thread (on a shared, busy machine the every-core loop's OpenMP threads
+  spin while descheduled, which inflates its CPU per clip: the 1-thread loop is the conservative
+  baseline);
 * **the service**: ``raydf serve``'s application (Ray Serve on a local Ray, loopback HTTP), 16
   multipart uploads, 4 at a time (a thread pool of HTTP clients);
 * **sequential console calls**: ``python -m raydf.cli detect CLIP --model BUNDLE --json``, one
@@ -113,14 +116,23 @@ def load_round(url: str, token: str, jobs: list[Path]) -> dict[str, Any]:
             "status": [o[1] for o in out], "body": [o[2] for o in out]}  # fmt: skip
 
 
-def sequential_round(det: Any, jobs: list[Path]) -> dict[str, Any]:
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    probs, each = [], []
-    for p in jobs:
-        t = time.perf_counter()
-        probs.append(det(str(p)).fake_probability)
-        each.append(time.perf_counter() - t)
-    return {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "prob": probs, "each": each}
+def sequential_round(det: Any, jobs: list[Path], threads: int = 0) -> dict[str, Any]:
+    """The clips one after another through one warm Detector (``threads`` torch threads; 0: as the Detector set them)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        probs, each = [], []
+        for p in jobs:
+            t = time.perf_counter()
+            probs.append(det(str(p)).fake_probability)
+            each.append(time.perf_counter() - t)
+        return {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "prob": probs, "each": each}
+    finally:
+        torch.set_num_threads(old)
 
 
 def console_round(bundle: Path, jobs: list[Path]) -> dict[str, Any]:
@@ -239,6 +251,57 @@ async def stream_latency(ws_url: str, token: str, clip: Path, every: int) -> dic
     return {"frames": len(frames), "updates": len(scores), "skipped": done["skipped"], "latency": [s["latency_s"] for s in scores]}
 
 
+# Other shapes of the service tried against the same sequential loop (full mode): what else the
+# two cores allow. Each starts its own service.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "2 crop replicas (0.5 CPU, 1 thread each)": {"crop": {"num_cpus": 0.5, "min_replicas": 2, "max_replicas": 2, "threads": 1}},
+    "no batching (max_batch_size 1)": {"batch": {"max_batch_size": 1}},
+}
+
+
+def _wait_healthy(url: str, timeout: float = 600) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/healthz", timeout=30).json().get("status") == "ok":
+                return
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
+
+
+def _variant(cfg: Any, overrides: dict[str, Any], det: Any, clips: list[Path], token: str, reps: int) -> dict[str, Any]:
+    """One more shape of the service: started, warmed, timed rep by rep against the sequential loop, stopped."""
+    import ray
+
+    from raydf.config import to_dict
+    from raydf.serve.config import serve_config
+    from raydf.serve.runner import start
+
+    base = to_dict(cfg)
+    for key, value in overrides.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+    handle = start(serve_config(base), port=_free_port(), ray_kwargs={"num_cpus": cores(), "log_to_driver": False, "configure_logging": False})
+    try:
+        _wait_healthy(handle.url)
+        load_round(handle.url, token, clips[:CONCURRENCY])
+        seq, svc = [], []
+        for _ in range(reps):
+            seq.append(sequential_round(det, clips))
+            svc.append(load_round(handle.url, token, clips))
+    finally:
+        handle.stop()
+        if ray.is_initialized():
+            ray.shutdown()
+    sizes = [b["timings"]["batch_size"] for r in svc for b in r["body"] if "timings" in b]
+    return {"ratio": median([a["wall"] / b["wall"] for a, b in zip(seq, svc)]), "svc_tput": median([len(clips) / r["wall"] for r in svc]),
+            "seq_tput": median([len(clips) / r["wall"] for r in seq]), "failures": sum(x != 200 for r in svc for x in r["status"]),
+            "mean_batch": float(np.mean(sizes)) if sizes else float("nan")}  # fmt: skip
+
+
 def run(*, quick: bool, workdir: str) -> SuiteResult:
     import ray
     import requests
@@ -248,6 +311,7 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
     from raydf.serve.runner import start
 
     result = SuiteResult("serve")
+    load_start = os.getloadavg()
     work = Path(workdir) / "serve"
     work.mkdir(parents=True, exist_ok=True)
     num_frames = 8 if quick else 16
@@ -270,13 +334,12 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
     handle = start(cfg, host="127.0.0.1", port=port, ray_kwargs={"num_cpus": cores(), "log_to_driver": False, "configure_logging": False})
     url = handle.url
     try:
-        deadline = time.monotonic() + 600
-        while requests.get(f"{url}/healthz", timeout=30).json().get("status") != "ok" and time.monotonic() < deadline:
-            time.sleep(1)
+        _wait_healthy(url)
         load_round(url, token, clips[:CONCURRENCY])  # warm-up: first batch through the extractors
-        seq_runs, svc_runs = [], []
+        seq_runs, one_runs, svc_runs = [], [], []
         for _ in range(reps):
             seq_runs.append(sequential_round(det, clips))
+            one_runs.append(sequential_round(det, clips, threads=1))
             svc_runs.append(load_round(url, token, clips))
         ref = dict(zip(clips, seq_runs[-1]["prob"]))
         failures = sum(s != 200 for r in svc_runs for s in r["status"])
@@ -289,6 +352,7 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
         handle.stop()
         if ray.is_initialized():
             ray.shutdown()
+    tried = {} if quick else {name: _variant(cfg, o, det, clips, token, reps) for name, o in VARIANTS.items()}
     console_jobs = clips if not quick else clips[:: REQUESTS // 4]
     console = console_round(bundle, console_jobs)
     det_time_same = sum(e for p, e in zip(clips, seq_runs[-1]["each"]) if p in console_jobs)
@@ -304,6 +368,10 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
     result.ratio("service throughput / sequential `raydf detect` console calls", svc_tput / console_tput, None, ">=",
                  f"{console_tput:.3f} clips/s over {len(console_jobs)} calls ({console['wall'] / len(console_jobs):.1f} s each; "
                  f"the in-process loop took {det_time_same / len(console_jobs):.2f} s each on the same clips)")  # fmt: skip
+    one_tput = median([len(clips) / r["wall"] for r in one_runs])
+    result.ratio("service throughput / the same sequential loop at 1 torch thread (no OpenMP spinning; conservative)",
+                 median([a["wall"] / b["wall"] for a, b in zip(one_runs, svc_runs)]), None, ">=",
+                 f"{svc_tput:.3f} vs {one_tput:.3f} clips/s; {median([r['cpu'] for r in one_runs]) / len(clips):.2f} CPU-s per clip at 1 thread")  # fmt: skip
     cpu_ratio = median([(s["cpu"] / len(clips)) / (v["cpu"] / len(clips)) for s, v in zip(seq_runs, svc_runs)])
     result.ratio("CPU-s per clip: sequential loop / service (>1: the service spends less CPU per clip)", cpu_ratio, None, ">=",
                  f"{median([r['cpu'] for r in seq_runs]) / len(clips):.2f} vs {median([r['cpu'] for r in svc_runs]) / len(clips):.2f} "
@@ -313,6 +381,11 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
          "wall s per round": round(median([r["wall"] for r in seq_runs]), 2),
          "CPU-s per clip": round(median([r["cpu"] for r in seq_runs]) / len(clips), 3), "p50 s": round(float(np.percentile([e for r in seq_runs for e in r["each"]], 50)), 2),
          "p95 s": round(float(np.percentile([e for r in seq_runs for e in r["each"]], 95)), 2), "failures": 0},
+        {"mode": "sequential, in process, 1 torch thread", "clips/s": round(one_tput, 3),
+         "wall s per round": round(median([r["wall"] for r in one_runs]), 2),
+         "CPU-s per clip": round(median([r["cpu"] for r in one_runs]) / len(clips), 3),
+         "p50 s": round(float(np.percentile([e for r in one_runs for e in r["each"]], 50)), 2),
+         "p95 s": round(float(np.percentile([e for r in one_runs for e in r["each"]], 95)), 2), "failures": 0},
         {"mode": f"service, {REQUESTS} requests {CONCURRENCY} at a time", "clips/s": round(svc_tput, 3),
          "wall s per round": round(median([r["wall"] for r in svc_runs]), 2),
          "CPU-s per clip": round(median([r["cpu"] for r in svc_runs]) / len(clips), 3), "p50 s": round(float(np.percentile(lat, 50)), 2),
@@ -321,6 +394,14 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
          "wall s per round": round(console["wall"], 2), "p50 s": None, "p95 s": None, "failures": 0},
     ]  # fmt: skip
     batch_sizes = [b["timings"]["batch_size"] for r in svc_runs for b in r["body"] if "timings" in b]
+    if tried:
+        result.tables["other shapes of the service tried (same clips, each against its own interleaved sequential loop)"] = [
+            {"service": "default: 1 crop replica (1 thread), 1 feature replica (every core), batches of up to "
+                        f"{cfg.batch.max_batch_size}", "service / sequential": round(median(ratios), 3), "service clips/s": round(svc_tput, 3),
+             "sequential clips/s": round(seq_tput, 3), "mean batch": round(float(np.mean(batch_sizes)), 2), "failures": failures}
+        ] + [{"service": name, "service / sequential": round(v["ratio"], 3), "service clips/s": round(v["svc_tput"], 3),
+              "sequential clips/s": round(v["seq_tput"], 3), "mean batch": round(v["mean_batch"], 2), "failures": v["failures"]}
+             for name, v in tried.items()]  # fmt: skip
     result.tables["feature batches (requests per @serve.batch call, as each answer reports)"] = [
         {"batch size": int(k), "answers": batch_sizes.count(k)} for k in sorted(set(batch_sizes))
     ]
@@ -334,7 +415,7 @@ def run(*, quick: bool, workdir: str) -> SuiteResult:
          "latency p50 s": round(float(np.percentile(s["latency"], 50)), 3), "latency max s": round(max(s["latency"]), 3)}
     ]  # fmt: skip
     result.config["max_abs_probability_difference_vs_in_process"] = worst
-    result.config["loadavg_end"] = os.getloadavg()
+    result.config["loadavg_start"], result.config["loadavg_end"] = load_start, os.getloadavg()
     result.config["bad_requests_all_right"] = all(b["got"] == b["expected"] and b["json error"] for b in bad)
     result.notes.append(
         "Same clips, same model; the service's answers equal the in-process probabilities within "
@@ -358,8 +439,8 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "serve.json"))
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    t0 = time.perf_counter()
+    t0, env = time.perf_counter(), environment()
     res = run(quick=a.quick, workdir=a.workdir).to_dict()
-    res.update(wall_s=time.perf_counter() - t0, mode="quick" if a.quick else "full", environment=environment())
+    res.update(wall_s=time.perf_counter() - t0, mode="quick" if a.quick else "full", environment=env)
     dump_json(res, a.out)
     print(json.dumps({k: res[k] for k in ("ratios", "tables")}, indent=1, default=str))

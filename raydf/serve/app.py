@@ -28,8 +28,8 @@ HTTP API (errors: :mod:`raydf.serve.errors`; streaming: :mod:`raydf.serve.stream
 * ``GET /`` and ``/static/*`` -- the page (no token needed to load it; it asks for one).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Serve pickles the ingress class by value, and FastAPI
+# must find ``Request``/``WebSocket`` in its annotations as objects, not as names to look up.
 import asyncio
 import hmac
 import json
@@ -113,7 +113,7 @@ class ModelSlot:
             return self._det
         now = time.monotonic()
         if now - self._last_try < self.cfg.model_retry_s and self._last_error is not None:
-            raise self._last_error
+            raise _fresh(self._last_error)
         self._last_try = now
         import torch
 
@@ -129,6 +129,14 @@ class ModelSlot:
         self._det, self._last_error = det, None
         log.info("model loaded: %s (%.1fs)", det.source, det.load_s)
         return det
+
+
+def _fresh(exc: BaseException) -> BaseException:
+    """A new exception like ``exc`` (re-raising one object again and again piles up its traceback)."""
+    try:
+        return type(exc)(str(exc))
+    except Exception:  # noqa: BLE001 - an exception type with another signature
+        return exc
 
 
 def _model_summary(det: Any) -> dict[str, Any]:
@@ -237,9 +245,11 @@ class FeatureDeployment:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         self.slot = ModelSlot(cfg, load_extractors=True, threads=cfg.features.torch_threads)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features")  # one batch at a time
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features")  # one pass at a time
         self.score_batch.set_max_batch_size(cfg.batch.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(cfg.batch.batch_wait_timeout_s)
+        self._waiting: list[tuple[list[CropOutcome], list[str], list[bool], asyncio.Future]] = []
+        self._draining = False
 
     async def ping(self) -> bool:
         return True
@@ -255,10 +265,41 @@ class FeatureDeployment:
         """The DetectResult JSON of one request (or its error body); batched with concurrent requests."""
         return await self.score_batch(outcome, name, explain)
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)  # overridden from the config in __init__
+    # @serve.batch groups the requests that arrive within batch_wait_timeout_s of each other. Serve forms
+    # the next batch while the previous one still runs (2.60: the batch is formed, then it waits for
+    # its turn), so the groups that queue while the extractors are busy are merged here into one
+    # pass of up to max_batch_size requests: a busy replica batches everything that waited for it.
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05, max_concurrent_batches=64)  # sizes: set from the config
     async def score_batch(self, outcomes: list[CropOutcome], names: list[str], explains: list[bool]) -> list[dict[str, Any]]:
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiting.append((outcomes, names, explains, done))
+        if not self._draining:
+            self._draining = True
+            asyncio.create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        """One extractor pass at a time, each over as many waiting groups as fit in max_batch_size."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._score_many, outcomes, names, explains)
+        try:
+            while self._waiting:
+                take, n = [], 0
+                while self._waiting and (not take or n + len(self._waiting[0][0]) <= self.cfg.batch.max_batch_size):
+                    group = self._waiting.pop(0)
+                    take.append(group)
+                    n += len(group[0])
+                flat = [sum((list(g[i]) for g in take), []) for i in range(3)]
+                try:
+                    results = await loop.run_in_executor(self._pool, self._score_many, *flat)
+                except Exception as exc:  # noqa: BLE001 - _score_many turns failures into error bodies; this is a bug
+                    results = [status_of(exc).body()] * n
+                start = 0
+                for outcomes, _, _, done in take:
+                    if not done.done():
+                        done.set_result(results[start : start + len(outcomes)])
+                    start += len(outcomes)
+        finally:
+            self._draining = False
 
     def _score_many(self, outcomes: list[CropOutcome], names: list[str], explains: list[bool]) -> list[dict[str, Any]]:
         t0, wall0 = time.perf_counter(), time.time()
@@ -345,6 +386,16 @@ def _static_files() -> dict[str, bytes]:
 async def _read_body(request: Request, limit: int, what: str) -> bytes:
     """The request body, refused (413) as soon as it is known to exceed ``limit``: from Content-Length
     before reading anything, else while it streams in."""
+    buf = bytearray()
+    async for chunk in _capped(request, limit, what).stream():
+        buf += chunk
+    return bytes(buf)
+
+
+def _capped(request: Request, limit: int, what: str) -> Request:
+    """The same request, whose body stream raises 413 once more than ``limit`` bytes came in (checked
+    against Content-Length first, before anything is read): a multipart upload is parsed as it
+    streams, never held whole twice."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -353,25 +404,19 @@ async def _read_body(request: Request, limit: int, what: str) -> bytes:
             raise ServiceError(400, f"bad Content-Length {declared!r}") from exc
         if n > limit:
             raise ServiceError(413, f"{what} of {n:,} bytes is over the limit of {limit:,}")
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise ServiceError(413, f"{what} is over the limit of {limit:,} bytes")
-    return bytes(buf)
+    seen = 0
+    receive = request.receive
 
+    async def counted() -> dict[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise ServiceError(413, f"{what} is over the limit of {limit:,} bytes")
+        return message
 
-def _replay(body: bytes):  # noqa: ANN202 - an ASGI receive callable
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
+    return Request(request.scope, counted)
 
 
 def _flag(value: Any) -> bool | None:
@@ -408,7 +453,7 @@ def uri_allowed(uri: str, prefixes: tuple[str, ...]) -> bool:
 class _StreamSession:
     """One WebSocket client: its rolling window and the update in flight (see :mod:`raydf.serve.stream`)."""
 
-    def __init__(self, ingress: Ingress, ws: WebSocket) -> None:
+    def __init__(self, ingress: "Ingress", ws: WebSocket) -> None:
         self.ingress, self.ws = ingress, ws
         self.sid = uuid.uuid4().hex[:12]
         self.name = "stream"
@@ -542,8 +587,9 @@ class _StreamSession:
                 "latency_s": latency, "skipped": self.skipped,
                 "timings": {k: result["timings"].get(k) for k in ("crop_s", "queue_s", "features_s", "batch_size")},
             })  # fmt: skip
-        if self.again:
+        if self.again:  # the newest of the updates that came due meanwhile gets computed; the others were skipped
             self.again = False
+            self.skipped -= 1
             assert self.window is not None
             self.task = asyncio.create_task(self._update(self.window.snapshot()))
 
@@ -643,8 +689,7 @@ class Ingress:
         explain = _flag(request.query_params.get("explain"))
         data, uri, name = None, None, "upload"
         if ctype == "multipart/form-data":
-            body = await _read_body(request, self.cfg.max_bytes + MULTIPART_OVERHEAD, "the upload")
-            form = await Request(request.scope, _replay(body)).form(max_files=1, max_fields=8)
+            form = await _capped(request, self.cfg.max_bytes + MULTIPART_OVERHEAD, "the upload").form(max_files=1, max_fields=8)
             try:
                 field_ = form.get("video")
                 if field_ is None:
