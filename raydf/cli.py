@@ -534,7 +534,11 @@ def _serve(args: argparse.Namespace) -> int:
     console.terminate_on_sigterm()  # again: ray.init installed its own SIGTERM handler (a stack dump, no cleanup)
     print(f"raydf serve: {handle.url}/  (API {handle.url}/v1/detect, live {handle.url.replace('http', 'ws', 1)}/v1/stream; "
           "Ctrl-C stops)", flush=True)  # fmt: skip
-    serve_forever(handle)
+    try:
+        serve_forever(handle)  # stops the service (and its local Ray) on the way out
+    except KeyboardInterrupt:
+        print("raydf serve: stopped", file=sys.stderr)
+        return 130
     return 0
 
 
