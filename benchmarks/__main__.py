@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.common import dump_json, environment
 from benchmarks.results import load_suite, render
 
-SUITES = ("models", "extract", "faces", "decode", "ingest", "detect")
+SUITES = ("models", "extract", "faces", "decode", "ingest", "detect", "serve")
 HERE = Path(__file__).resolve().parent
 
 log = logging.getLogger("benchmarks")

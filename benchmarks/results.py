@@ -15,6 +15,7 @@ _DESCRIPTIONS = {
     "ingest": "Ray Data -> Ray Train training steps/s / the same loop over in-memory tensors.",
     "detect": "`raydf detect` on a 10 s 640x480 clip / the sum of its stages run alone.",
     "decode": "`read_video` T=32 from a 10-minute clip / from a 10-second one (seeking to keyframes); the sequential path for contrast.",
+    "serve": "`raydf serve` under load (16 uploads, 4 at a time, loopback) / the same clips through one warm in-process Detector, one after another; 20 bad requests; live-stream update latency.",
     "gpu": "`python -m benchmarks.gpu`: the feature stage at fp32/fp16/bf16 on one device, half precisions against fp32.",
 }
 

@@ -546,5 +546,101 @@ def _compare(args: argparse.Namespace) -> int:
     return 0 if cmp.best else 1
 
 
+
+# ---- serve --------------------------------------------------------------------------------------------
+def _byte_size(text: str) -> int:
+    """``268435456``, ``256M``, ``256MiB``, ``1G`` -> bytes (binary multiples)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes (e.g. 268435456, 256M, 1G), got {text!r}") from exc
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"size must be >= 1 byte, got {text!r}")
+    return n
+
+
+def _add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="the online detection service (Ray Serve): HTTP API, live WebSocket scoring and a web page")
+    p.add_argument("--model", default=None, help="bundle path, runs:/<id>/model or models:/<name>/<v> (default: newest); "
+                                                 "until it exists, requests get 503")  # fmt: skip
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--style-weights", default=None)
+    p.add_argument("--content-weights", default=None)
+    p.add_argument("--host", default="127.0.0.1", help="where the HTTP proxy listens (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", default=None, help="file holding a bearer token the API and the WebSocket then require")
+    p.add_argument("--allow-uri-prefix", action="append", default=None, metavar="PREFIX",
+                   help='allow {"uri": ...} requests under this prefix (e.g. s3://bucket/videos/); none by default')  # fmt: skip
+    p.add_argument("--max-bytes", type=_byte_size, default=None, help="largest upload, e.g. 256M (default 256 MiB)")
+    p.add_argument("--explain", action="store_true", help="explanations unless a request asks otherwise (slower)")
+    p.add_argument("--config", default=None, help="ServeConfig YAML (the `args` keys of infra/serve.yaml); flags override it")
+    p.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto) instead of starting a local one")
+    p.add_argument("--crop-replicas", type=_pair, default=None, metavar="MIN,MAX", help="autoscaling bounds of the CPU decode+faces deployment")
+    p.add_argument("--feature-replicas", type=_pair, default=None, metavar="MIN,MAX", help="autoscaling bounds of the feature deployment")
+    p.add_argument("--gpus-per-feature-replica", type=float, default=None, help="GPUs per feature replica (1 on a GPU node)")
+    p.add_argument("--batch-size", type=int, default=None, help="requests per feature batch (@serve.batch max_batch_size)")
+    p.add_argument("--stream-every", type=int, default=None, help="live scoring: frames between two updates (k)")
+
+
+_EXTRA_PARSERS.append(_add_serve_parser)
+
+
+@_handler("serve")
+def _serve(args: argparse.Namespace) -> int:
+    import ipaddress
+    from pathlib import Path
+
+    from raydf import console
+    from raydf.config import to_dict
+    from raydf.serve.config import serve_config
+
+    base = to_dict(serve_config(args.config))
+    for flag in ("model", "tracking_uri", "style_weights", "content_weights", "token_file", "max_bytes"):
+        if getattr(args, flag) is not None:
+            base[flag] = getattr(args, flag)
+    if args.allow_uri_prefix:
+        base["allow_uri_prefixes"] = list(args.allow_uri_prefix)
+    if args.explain:
+        base["explain"] = True
+    for flag, part in (("crop_replicas", "crop"), ("feature_replicas", "features")):
+        if getattr(args, flag) is not None:
+            base[part]["min_replicas"], base[part]["max_replicas"] = getattr(args, flag)
+    if args.gpus_per_feature_replica is not None:
+        base["features"]["num_gpus"] = args.gpus_per_feature_replica
+    if args.batch_size is not None:
+        base["batch"]["max_batch_size"] = args.batch_size
+        base["features"]["max_ongoing_requests"] = max(base["features"]["max_ongoing_requests"], args.batch_size)
+    if args.stream_every is not None:
+        base["stream"]["every"] = args.stream_every
+    cfg = serve_config(base)
+    if cfg.token_file:
+        token_path = Path(cfg.token_file)
+        if not token_path.is_file() or not token_path.read_text().strip():
+            print(f"raydf serve: error: token file {cfg.token_file} is missing or empty", file=sys.stderr)
+            return 2
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and not cfg.token_file:
+        log.warning("serving on %s without --token-file: anyone who reaches this address can use the service", args.host)
+    from raydf.serve.runner import serve_forever, start
+
+    if not args.verbose:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines go to its own log files
+    handle = start(cfg, host=args.host, port=args.port, address=args.address, ray_kwargs=console.quiet_ray_kwargs())
+    console.terminate_on_sigterm()  # again: ray.init installed its own SIGTERM handler (a stack dump, no cleanup)
+    print(f"raydf serve: {handle.url}/  (API {handle.url}/v1/detect, live {handle.url.replace('http', 'ws', 1)}/v1/stream; "
+          "Ctrl-C stops)", flush=True)  # fmt: skip
+    try:
+        serve_forever(handle)  # stops the service (and its local Ray) on the way out
+    except KeyboardInterrupt:
+        print("raydf serve: stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())
