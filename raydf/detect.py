@@ -33,10 +33,12 @@ and ``POST /v1/detect``)::
 ``frames[i].evidence`` is the deciding track's per-frame attribution of the fake logit
 (integrated gradients over the style and content sequences, :mod:`raydf.explain`; logit units,
 positive pushes towards fake), null where the frame has no face. ``explanation`` (with
-``--explain``) is :meth:`raydf.explain.Explanation.to_dict` of the deciding track -- ``when``
-(per-frame scores, method, baseline, completeness gap), ``where`` (SmoothGrad heat maps of the
-most important frames as 32x32 lists, and ``overlays``: PNG data URLs of each map on its crop)
--- plus its ``track_id``.
+``--explain``) explains the deciding track (``track_id``): ``frame_importance`` (per sampled
+frame, null where no face), ``heatmaps`` (for the most important frames: ``frame``, ``time_s``,
+``box``, ``score``, the face ``crop`` as a PNG data URL and the 32x32 ``heatmap`` in [0, 1]),
+and the full :meth:`raydf.explain.Explanation.to_dict` -- ``when`` (integrated gradients: method,
+baseline, completeness gap, style and content parts) and ``where`` (SmoothGrad settings, maps,
+``overlays``: each map over its crop as a PNG data URL).
 """
 
 from __future__ import annotations
@@ -319,17 +321,38 @@ class Detector:
         )
 
     def explain(self, row: dict[str, Any], crop_row: dict[str, Any]) -> dict[str, Any]:
-        """*When* and *where* for one track: :meth:`raydf.explain.Explanation.to_dict` plus, for each
-        heat-map frame, a PNG overlay of the map on its crop as a ``data:`` URL (``where.overlays``)."""
+        """*When* and *where* for one track (see the module docstring for the shape).
+
+        :meth:`raydf.explain.Explanation.to_dict` (``when``, ``where``; ``where.overlays``: each heat
+        map over its crop as a PNG ``data:`` URL) plus what the web page draws: ``frame_importance``
+        per sampled frame (null where no face) and ``heatmaps`` (frame, time, box, the crop as a PNG
+        ``data:`` URL and the 32x32 map in [0, 1]).
+        """
         size = self.cfg.faces.crop_size
         crops = np.frombuffer(crop_row[CROPS], np.uint8).reshape(-1, size, size, 3)  # (T, S, S, 3)
+        valid = np.asarray(row[S.FACE_VALID], bool)
         ex = explain_verdict(self.model, self.feature_stage.extractor, crops, np.asarray(row[S.CONTENT], np.float32),
-                             np.asarray(row[S.STYLE], np.float32), np.asarray(row[S.FACE_VALID], bool))  # fmt: skip
+                             np.asarray(row[S.STYLE], np.float32), valid)  # fmt: skip
         out = ex.to_dict()
-        out["track_id"] = int(row[S.TRACK_ID])
-        out["where"]["overlays"] = [
-            "data:image/png;base64," + base64.b64encode(overlay_png(crops[f], m)).decode("ascii") for f, m in zip(ex.where.frames, ex.where.maps)
-        ]
+        out["where"]["overlays"] = [_png_url(overlay_png(crops[f], m)) for f, m in zip(ex.where.frames, ex.where.maps)]
+        times = row.get(S.FRAME_TIMES)
+        boxes = np.asarray(row[S.FACE_BOXES]).reshape(-1, 4)
+        out.update(
+            method="when: integrated gradients over the style and content sequences; where: SmoothGrad through the style encoder",
+            track_id=int(row[S.TRACK_ID]),
+            frame_importance=[round(float(v), 6) if ok else None for v, ok in zip(ex.when.scores, valid)],
+            heatmaps=[
+                {
+                    "frame": int(f),
+                    "time_s": round(float(times[f]), 4) if times is not None else None,
+                    "box": [round(float(v), 2) for v in boxes[f]] if valid[f] else None,
+                    "score": round(float(ex.when.scores[f]), 6),
+                    "crop": _png_url(_png(crops[f])),
+                    "heatmap": m,
+                }
+                for f, m in zip(ex.where.frames, out["where"]["maps"])
+            ],
+        )
         return out
 
     def __call__(self, video: str | bytes, name: str | None = None, *, explain: bool = False) -> DetectResult:
@@ -344,6 +367,19 @@ class Detector:
         result.timings["load_s"] = load_s
         result.timings["total_s"] = time.perf_counter() - t0 + self.load_s
         return result
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise ValueError("cannot encode a crop as PNG")
+    return buf.tobytes()
+
+
+def _png_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _on_cuda(device: str | None) -> bool:

@@ -39,7 +39,7 @@ from raydf.sources import manifest_identities, with_source_columns
 from raydf.store import FeatureStore
 from raydf import tracking
 from raydf.tracking import redact_uri
-from raydf.video import SampledVideo, VideoDecodeError, decoder_identity, read_video
+from raydf.video import SampledVideo, VideoDecodeError, VideoTooLarge, decoder_identity, read_video
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ _CROP_FIELDS = [
     (S.T_FACES, pa.float32()),
 ]
 CROP_SCHEMA = pa.schema(list(INPUT_SCHEMA) + _CROP_FIELDS)
-_ERROR_KIND = "_error_kind"  # in-process only: "read" | "decode" | "faces" | "features" | "quarantine"
+_ERROR_KIND = "_error_kind"  # in-process only: "read" | "decode" | "too_large" | "faces" | "features" | "quarantine"
 
 
 def store_config(cfg: ExtractConfig, *, precision: str, decoder: str) -> StoreConfig:
@@ -232,7 +232,7 @@ class CropStage:
             )
         except VideoDecodeError as exc:
             base[S.T_DECODE] = time.perf_counter() - t1
-            return [_error_row(base, "decode", str(exc))]
+            return [_error_row(base, "too_large" if isinstance(exc, VideoTooLarge) else "decode", str(exc))]
         except Exception as exc:  # a decoder bug on an odd file: this video's row, never the job
             base[S.T_DECODE] = time.perf_counter() - t1
             return [_error_row(base, "decode", f"decoding {redact_uri(uri)} failed: {_message(exc)}")]
@@ -695,9 +695,10 @@ def crop_one(crop_stage: CropStage, video: str | bytes, name: str | None = None)
     cropped = crop_stage.crop(row, data)
     if cropped[0][S.STATUS] != S.STATUS_OK:
         kind, msg = cropped[0].get(_ERROR_KIND), cropped[0][S.ERROR]
-        if kind in ("read", "decode"):
+        if kind in ("read", "decode", "too_large"):
             prefix = f"cannot decode video {label}: "
-            raise VideoDecodeError(label, msg[len(prefix) :] if msg.startswith(prefix) else msg)
+            error = VideoTooLarge if kind == "too_large" else VideoDecodeError
+            raise error(label, msg[len(prefix) :] if msg.startswith(prefix) else msg)
         raise ExtractError(msg)
     return cropped
 

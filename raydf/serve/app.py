@@ -330,7 +330,7 @@ class FeatureDeployment:
 
                     raise ExtractError(rows[0][S.ERROR] if rows else "no feature rows")
                 timings = {**o.timings, "queue_s": max(0.0, wall0 - o.done_at), "features_s": features_s, "batch_size": float(len(ok))}
-                result = det.score(rows, name, timings=timings, explain=explain).to_dict()
+                result = det.score(rows, name, timings=timings, explain=explain, crop_rows=o.rows).to_dict()
             except Exception as exc:  # noqa: BLE001
                 err = status_of(exc)
                 out.append(error_body(err.status, err.message.replace(o.key, name)))

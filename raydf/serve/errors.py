@@ -24,16 +24,12 @@ status (the WebSocket sends the same object with ``"type": "error"``). The kinds
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ServiceError", "error_body", "status_of"]
 
-# raydf.video's cap messages ("... is over max_pixels=...", "... is over max_duration_s=..."): the
-# per-video path re-raises a capped video as a plain VideoDecodeError, so the kind is told by them too.
-_OVER_CAP = re.compile(r"is over max_(pixels|duration_s)=")
 
 
 class ServiceError(Exception):
@@ -65,7 +61,7 @@ def status_of(exc: BaseException) -> ServiceError:
         return ServiceError(503, f"no model to score with: {exc}")
     if isinstance(exc, BundleError):  # ExtractorMismatch included: the model cannot be applied here
         return ServiceError(503, f"the model cannot be used: {exc}")
-    if isinstance(exc, VideoTooLarge) or (isinstance(exc, VideoDecodeError) and _OVER_CAP.search(str(exc))):
+    if isinstance(exc, VideoTooLarge):
         return ServiceError(413, str(exc))
     if isinstance(exc, VideoDecodeError):
         return ServiceError(422, str(exc))
