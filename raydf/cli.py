@@ -618,7 +618,7 @@ def _serve(args: argparse.Namespace) -> int:
     if cfg.token_file:
         token_path = Path(cfg.token_file)
         if not token_path.is_file() or not token_path.read_text().strip():
-            print(f"raydf serve: error: token file {cfg.token_file} is missing or empty", file=sys.stderr)
+            print(f"raydf serve: error: token file {cfg.token_file} is missing or empty", file=_terminal())
             return 2
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
@@ -637,7 +637,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         serve_forever(handle)  # stops the service (and its local Ray) on the way out
     except KeyboardInterrupt:
-        print("raydf serve: stopped", file=sys.stderr)
+        print("raydf serve: stopped", file=_terminal())
         return 130
     return 0
 
