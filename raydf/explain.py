@@ -424,7 +424,7 @@ def heat_maps(
         content: (K, 2048) clip features (held fixed).
         style: (T, 512) style codes; those of ``frames`` are recomputed from the pixels.
         valid: (T,) face validity.
-        frames: sampled-frame indices to explain (kept in the order given).
+        frames: distinct sampled-frame indices to explain (kept in the order given).
         method: a key of :data:`WHERE_METHODS`.
         samples: SmoothGrad's noisy copies (>= 1).
         noise: SmoothGrad's noise std, fraction of the [0, 1] pixel range (>= 0).
@@ -435,13 +435,13 @@ def heat_maps(
         :class:`HeatMaps` with (F, S, S) float32 maps in [0, 1].
 
     Raises:
-        ValueError: bad shapes, a frame index out of range, an unknown method or bad settings.
+        ValueError: bad shapes, a frame index out of range or repeated, an unknown method or bad settings.
     """
     crops, content, style, valid = _check_inputs(crops, content, style, valid)
     frames = np.asarray(frames, np.int64).reshape(-1)
     t, size = crops.shape[0], crops.shape[1]
-    if frames.size and (frames.min() < 0 or frames.max() >= t):
-        raise ValueError(f"frames must lie in [0, {t}), got {frames.tolist()}")
+    if frames.size and (frames.min() < 0 or frames.max() >= t or len(set(frames.tolist())) < frames.size):
+        raise ValueError(f"frames must be distinct indices in [0, {t}), got {frames.tolist()}")
     if method not in WHERE_METHODS:
         raise ValueError(f"unknown heat-map method {method!r}; known: {sorted(WHERE_METHODS)}")
     if samples < 1 or noise < 0 or steps < 1:

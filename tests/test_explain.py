@@ -218,8 +218,11 @@ def test_overlay_png_is_the_crop_under_the_colour_map(video):
 def test_inputs_that_do_not_fit_are_refused(model, extractor, video, change, match):
     with pytest.raises(ValueError, match=match):
         explain(model, extractor, *change(*video))
-    with pytest.raises(ValueError, match="frames"):
-        heat_maps(model, extractor, *video, [T])
+    for frames in ([T], [-1], [2, 2]):
+        with pytest.raises(ValueError, match="frames"):
+            heat_maps(model, extractor, *video, frames)
+    with pytest.raises(ValueError, match="method"):
+        heat_maps(model, extractor, *video, [1], method="lime")
 
 
 def test_neighbour_ig_totals_are_the_logit_change_from_the_neighbours(model, extractor, video):
