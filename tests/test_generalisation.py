@@ -328,6 +328,9 @@ def test_another_compression_of_the_training_set_is_scored_on_its_test_split(sbi
     assert cross.predictions.ids == plan.videos("test")  # the training test split, read from the other store
     within = evaluate_datasets(bundle, {"gen": sbi["features"]})["within-set/gen"]
     np.testing.assert_allclose(cross.predictions.probs, within.predictions.probs)  # same features here: same scores
+    moved = evaluate_datasets(bundle, {"copy": sbi_model["copy"]}, train_features=str(tmp_path / "moved"))["cross-dataset/copy"]
+    assert math.isnan(moved.metrics["val_threshold"]) and math.isnan(moved.metrics["accuracy_at_val_threshold"])  # reported as n/a
+    assert moved.metrics["roc_auc"] == evals["cross-dataset/copy"].metrics["roc_auc"]  # the rest does not need the training store
 
 
 @pytest.mark.integration
@@ -366,7 +369,7 @@ def test_cross_manipulation_protocol_trains_on_one_family_and_tests_on_the_other
     from raydf.protocol import CROSS_MANIPULATION, evaluate_datasets
     from raydf.train import run_training
 
-    cfg = small_train_cfg(methods=["blend"], max_epochs=8)
+    cfg = small_train_cfg(methods=["blend"], max_epochs=8, val_fraction=0.2, test_fraction=0.4)  # a few test pairs of each family
     result = run_training(sbi["features"], cfg, storage_path=str(tmp_path / "rr"), name="blend-only", track=False)
     assert result.excluded["other_method"] > 0  # the flicker fakes never reached training or validation
     evals = evaluate_datasets(ModelBundle.load(result.model_path), {"gen": sbi["features"]})
@@ -403,7 +406,8 @@ def test_trained_on_self_blends_only_it_finds_an_unseen_family_of_another_seed(t
     reals = manifest.filter(pc.equal(manifest[S.LABEL], S.REAL))  # the generated fakes are not even extracted
     run_extraction(str(root / "train"), str(root / "sbi"), sbi_cfg(pseudo_seed=0), manifest=reals, track=False)
     run_extraction(str(root / "heldout"), str(root / "held"), sbi_cfg(pseudo_fakes=""), track=False)
-    cfg = small_train_cfg(fakes="pseudo", methods=["self_blend"], max_epochs=30, batch_size=8, lr=3e-4, val_fraction=0.25, test_fraction=0.0)
+    cfg = small_train_cfg(fakes="pseudo", methods=["self_blend"], max_epochs=30, batch_size=8, lr=3e-4, val_fraction=0.25, test_fraction=0.0,
+                          mixup_prob=0.0)  # SBI's recipe (measured, seeds 42/1/2: 0.98/0.92/0.89; with the report's mixup 0.88/0.90/0.86)
     result = run_training(str(root / "sbi"), cfg, storage_path=str(root / "rr"), name="sbi-only", track=False)
     evals = evaluate_datasets(ModelBundle.load(result.model_path), {"heldout": str(root / "held")})
     m = evals["cross-dataset/heldout"].metrics
