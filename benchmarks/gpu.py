@@ -101,12 +101,13 @@ def measure_precision(
 def cpu_cost_per_video(t: int) -> tuple[float | None, str]:
     """Decode+sample and face-crop CPU-seconds per video, measured on a generated 640x480 clip."""
     try:
+        import av  # noqa: F401  (read_video probes every file with PyAV)
         import cv2
 
         from raydf.config import FaceConfig
         from raydf.faces import FaceCropper
         from raydf.video import read_video
-    except ImportError as exc:  # facenet-pytorch or OpenCV missing on this machine
+    except ImportError as exc:  # PyAV, facenet-pytorch or OpenCV missing on this machine
         return None, f"not measured ({exc})"
     try:  # a real face when scikit-image is there (MTCNN's cost depends on what it finds)
         from skimage import data

@@ -389,14 +389,31 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, videos=args.videos, tracking_uri=args.tracking_uri)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``raydf`` console script.
+def console_main() -> int:
+    """Entry point of the ``raydf`` console script: :func:`main` for the process's whole life."""
+    return main(keep_console=True)
+
+
+def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> int:
+    """Run one ``raydf`` command (``argv`` as on the command line; ``sys.argv[1:]`` when None).
 
     Exit codes: 0 answered; 2 usage or bad input (e.g. not a video); 3 no model; 4 the model's
     extractors cannot be rebuilt (weights missing or different). Errors are one line on stderr.
+    The console set-up (stderr to the command's log file, see :mod:`raydf.console`) is undone on
+    return unless ``keep_console`` (the console script, whose process ends with the command).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    from raydf import console
+
+    try:
+        return _run(args)
+    finally:
+        if not keep_console:
+            console.restore()
+
+
+def _run(args: argparse.Namespace) -> int:
     from raydf import console
 
     log_file = console.log_path(args.command) if args.command in _WRITING_COMMANDS else None

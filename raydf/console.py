@@ -21,9 +21,16 @@ from typing import Any
 
 from raydf.tracking import raydf_home
 
-__all__ = ["setup", "terminal", "log_path", "quiet_ray_kwargs", "terminate_on_sigterm"]
+__all__ = ["setup", "restore", "terminal", "log_path", "quiet_ray_kwargs", "terminate_on_sigterm"]
 
-_STATE: dict[str, Any] = {"verbose": False, "log_file": None, "terminal": None}
+_QUIET_ENV = {
+    "OPENCV_LOG_LEVEL": "OFF",
+    "OPENCV_FFMPEG_LOGLEVEL": "-8",  # AV_LOG_QUIET
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ... at: URL" lines
+    "RAY_AIR_NEW_OUTPUT": "0",
+}  # set for a quiet command when the user has not set them (restore() unsets them again)
+_STATE: dict[str, Any] = {"verbose": False, "log_file": None, "terminal": None, "saved": None}
 
 
 def terminal() -> Any:
@@ -52,6 +59,10 @@ def log_path(command: str) -> Path:
 def setup(command: str, *, verbose: bool, log_file: Path | None) -> None:
     """Configure logging and warnings for one command (see the module docstring)."""
     root = logging.getLogger()
+    if _STATE["saved"] is None:  # what restore() puts back (the first setup of a process or after a restore)
+        _STATE["saved"] = {"handlers": list(root.handlers), "level": root.level, "excepthook": sys.excepthook,
+                           "sigterm": signal.getsignal(signal.SIGTERM), "showwarning": warnings.showwarning,
+                           "filters": list(warnings.filters), "env": []}  # fmt: skip
     for h in list(root.handlers):
         root.removeHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -79,13 +90,45 @@ def setup(command: str, *, verbose: bool, log_file: Path | None) -> None:
     _STATE.update(verbose=verbose, log_file=log_file)
     if not verbose:
         # Native libraries print straight to stderr: OpenCV's own log and FFmpeg's inside it ("moov atom not
-        # found" on a bad file). Their errors reach the user as raydf's one-line error instead.
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ... at: URL" lines
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # found" on a bad file). Their errors reach the user as raydf's one-line error instead. Tune's
+        # result loggers stay on: result.json is what ExperimentAnalysis and a resumed sweep read.
+        for key, value in _QUIET_ENV.items():
+            if key not in os.environ:
+                os.environ[key] = value
+                _STATE["saved"]["env"].append(key)
+
+
+def restore() -> None:
+    """Undo :func:`setup` in this process: fd 2, ``sys.excepthook``, logging, warnings and SIGTERM as before.
+
+    The ``raydf`` console script does not call it (the process ends with the command); in-process
+    callers of :func:`raydf.cli.main` (a notebook, a test) get their stderr back through it.
+    """
+    saved = _STATE["saved"]
+    if saved is None:
+        return
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        if h not in saved["handlers"]:
+            h.close()
+    for h in saved["handlers"]:
+        root.addHandler(h)
+    root.setLevel(saved["level"])
+    logging.captureWarnings(False)
+    warnings.showwarning = saved["showwarning"]
+    warnings.filters[:] = saved["filters"]
+    sys.excepthook = saved["excepthook"]
+    for key in saved["env"]:
+        os.environ.pop(key, None)
+    signal.signal(signal.SIGTERM, saved["sigterm"])
+    term = _STATE["terminal"]
+    if term is not None:
+        term.flush()
+        sys.stderr.flush()
+        os.dup2(term.fileno(), 2)  # the original stderr again
+        term.close()
+    _STATE.update(verbose=False, log_file=None, terminal=None, saved=None)
 
 
 def _quiet_stderr(log_file: Path | None) -> None:

@@ -10,6 +10,7 @@ latest *and* the best weights, so a killed worker resumes at the next epoch.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -51,6 +52,7 @@ __all__ = [
 # Tensor batch keys (what iter_torch_batches yields).
 B_CONTENT, B_STYLE, B_VALID, B_LABEL = "content", "style", "valid", "label"
 CHECKPOINT_FILE = "state.pt"
+HISTORY_FILE = "history.json"  # beside state.pt: the per-epoch metrics so far (read by EpochLog on a restore)
 
 
 # ---- Ray Data ----------------------------------------------------------------------------------
@@ -186,6 +188,17 @@ def _gather(obj: Any) -> list[Any]:
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     torch.save(state, path / CHECKPOINT_FILE)
+    (path / HISTORY_FILE).write_text(json.dumps(state["history"]))
+
+
+def _checkpoint_history(checkpoint: Any) -> list[dict[str, Any]]:
+    """The per-epoch metrics a Ray Train checkpoint carries ([] when it has none), read in place."""
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY_FILE}") as f:
+            return list(json.loads(f.read().decode()))
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        log.warning("checkpoint %s: no readable %s (%s); epochs before it may be missing from MLflow", checkpoint.path, HISTORY_FILE, exc)
+        return []
 
 
 def load_checkpoint_state(directory: str | Path) -> dict[str, Any]:
@@ -212,7 +225,9 @@ class EpochLog(UserCallback):
     never logged, and is logged once when the restarted workers redo it. (Logging from the worker
     right after ``ray.train.report`` returned logged such epochs twice: the controller registers
     checkpoints after the report call returns.) A new controller (a restored Tune trial) starts by
-    reading which epochs the sinks already hold and skips them.
+    reading which epochs the sinks already hold and skips them, then logs the epochs its first
+    checkpoint's history has and the sinks lack (a controller killed between registering a
+    checkpoint and logging it).
     """
 
     SCALARS = (S.TRAIN_LOSS, S.VAL_LOSS, S.TRAIN_ACC, S.VAL_ACC, S.VAL_AUC, S.LR)
@@ -243,10 +258,17 @@ class EpochLog(UserCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:  # noqa: ARG002
         if not metrics or S.EPOCH not in metrics[0]:
             return
+        m = metrics[0]  # every rank reports the same gathered metrics
         if self._have is None:
             self._have = self._open()
-        m = metrics[0]  # every rank reports the same gathered metrics
-        epoch = int(m[S.EPOCH])
+            if checkpoint is not None:  # epochs a killed controller registered but never logged: from the checkpoint
+                for past in _checkpoint_history(checkpoint):
+                    if int(past.get(S.EPOCH, -1)) < int(m[S.EPOCH]):
+                        self._log(int(past[S.EPOCH]), past)
+        self._log(int(m[S.EPOCH]), m)
+
+    def _log(self, epoch: int, m: dict[str, Any]) -> None:
+        assert self._have is not None
         if self.run_id and epoch not in self._have["mlflow"]:
             from mlflow import MlflowClient
 

@@ -298,10 +298,10 @@ def test_video_without_face_falls_back_to_centre_crops(tmp_path, cropper):
     faces = tracks[0]
     assert not faces.valid.any() and faces.track_id == 0 and faces.score == 0.0
     assert (faces.probs == 0).all() and (faces.boxes == 0).all()
-    h, w = video.frames.shape[1:3]
+    h, w = video.frames[0].shape[:2]
     l, t, r, b = center_square(w, h)
     interp = cv2.INTER_AREA if r - l > 256 else cv2.INTER_LINEAR  # downscale with area, upscale bilinear
-    expected = cv2.resize(video.frames[0, t:b, l:r], (256, 256), interpolation=interp)
+    expected = cv2.resize(video.frames[0][t:b, l:r], (256, 256), interpolation=interp)
     np.testing.assert_array_equal(faces.crops[0], expected)
 
 

@@ -25,7 +25,7 @@ from raydf.video import read_video
 WIDTH, HEIGHT = 320, 240
 RECORD_KEYS = {
     "video_id", "file", "label", "source_id", "family", "num_frames", "fps", "width", "height", "seed",
-    "boxes", "motion", "manipulation", "codec",
+    "boxes", "motion", "manipulation", "codec", "generator",
 }  # fmt: skip
 
 
@@ -49,7 +49,7 @@ def _frames(root: Path, rec: dict) -> np.ndarray:
     """All decoded frames of a video, (T, H, W, 3) uint8."""
     video = read_video(root / rec["file"], rec["num_frames"])
     assert video.num_frames == rec["num_frames"], rec["file"]
-    return video.frames
+    return video.stack()
 
 
 def _iou(a, b) -> float:
@@ -77,7 +77,7 @@ def test_layout_and_metadata_describe_every_video(small_dataset: Path) -> None:
         assert len(rec["boxes"]) == rec["num_frames"] and all(len(b) == 4 for b in rec["boxes"])
         video = read_video(small_dataset / rec["file"], 2)
         assert video.num_frames == rec["num_frames"], rec["file"]
-        assert video.frames.shape[1:] == (HEIGHT, WIDTH, 3)
+        assert video.stack().shape[1:] == (HEIGHT, WIDTH, 3)
         assert video.fps == pytest.approx(25)
     with open(small_dataset / METADATA_FILE) as f:  # one JSON object per line
         assert all(isinstance(json.loads(line), dict) for line in f)
@@ -219,8 +219,9 @@ def test_write_video_round_trips_one_odd_sized_frame(tmp_path: Path) -> None:
     path = write_video(tmp_path / "sub" / "one.mp4", frame[None], fps=29.97)
     video = read_video(path, 4)
     assert video.num_frames == 1 and video.fps == pytest.approx(29.97, abs=0.01)
-    assert video.frames.shape == (4, 32, 46, 3)  # padded to even sizes for yuv420p
-    assert np.abs(video.frames[0, :31, :45].astype(int) - frame).mean() < 4
+    frames = video.stack()
+    assert frames.shape == (4, 32, 46, 3)  # padded to even sizes for yuv420p
+    assert np.abs(frames[0, :31, :45].astype(int) - frame).mean() < 4
 
 
 def test_write_video_streams_frames_and_rejects_bad_ones(tmp_path: Path) -> None:
@@ -238,8 +239,9 @@ def test_write_video_streams_frames_and_rejects_bad_ones(tmp_path: Path) -> None
 def test_noface_video_has_no_face_for_mtcnn(tmp_path: Path, mtcnn) -> None:
     path = write_noface_video(tmp_path / "noface.mp4", 12, seed=4)
     video = read_video(path, 12)
-    assert video.num_frames == 12 and video.frames.shape == (12, HEIGHT, WIDTH, 3)
-    assert np.abs(np.diff(video.frames.astype(int), axis=0)).mean() > 1  # it moves
+    frames = video.stack()
+    assert video.num_frames == 12 and frames.shape == (12, HEIGHT, WIDTH, 3)
+    assert np.abs(np.diff(frames.astype(int), axis=0)).mean() > 1  # it moves
     boxes, probs = mtcnn.detect(list(video.frames))
     best = [0.0 if b is None else float(np.max(p)) for b, p in zip(boxes, probs)]  # no face: box None
     assert max(best) < 0.9

@@ -99,13 +99,13 @@ def test_a_bad_space_fails_before_any_trial_or_storage(tmp_path):
         load_space("no_such_space")
 
 
-def test_cli_tune_needs_features_or_resume(capsys):
+def test_cli_tune_needs_features_or_resume(capfd):
     from raydf.cli import main
 
     assert main(["tune", "--trials", "1"]) == 2
-    assert "--features is required" in capsys.readouterr().err
+    assert "--features is required" in capfd.readouterr().err
     assert main(["tune", "--features", "/x", "--space", "no_such_space"]) == 2
-    assert "unknown search space" in capsys.readouterr().err
+    assert "unknown search space" in capfd.readouterr().err
 
 
 # ---- one sweep, on S3, with a bad arm, interrupted and resumed ----------------------------------------
