@@ -2,7 +2,7 @@
 
 Each suite writes ``<results>/<suite>.json``; RESULTS.md is rendered from those files, so a
 suite run alone (or a GPU result copied back from a lent machine) updates its section
-without rerunning the others. ``make bench`` is the quick mode (under 10 minutes on 2 cores).
+without rerunning the others. ``make bench`` is the quick mode (about 20 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pathlib import Path
 from benchmarks.common import dump_json, environment
 from benchmarks.results import load_suite, render
 
-SUITES = ("models", "extract", "faces", "decode", "ingest", "detect", "serve")
+SUITES = ("models", "extract", "faces", "decode", "ingest", "detect", "serve")  # run by default
+ON_DEMAND = ("explain", "generalisation")  # long (30-60 min on 2 cores): only with --suite; rendered when present
+RENDERED = SUITES + ON_DEMAND
 HERE = Path(__file__).resolve().parent
 
 log = logging.getLogger("benchmarks")
@@ -39,7 +41,7 @@ def run_gpu_dry(results: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 videos at T=16, psp_tiny in the pipeline, no torch.compile")
-    p.add_argument("--suite", action="append", choices=SUITES, help="run only these (repeatable)")
+    p.add_argument("--suite", action="append", choices=RENDERED, help=f"run only these (repeatable; {', '.join(ON_DEMAND)} only when named)")
     p.add_argument("--results", default=str(HERE / "results"), help="folder of the per-suite JSON results")
     p.add_argument("--markdown", default=str(HERE / "RESULTS.md"))
     p.add_argument("--workdir", default=None, help="scratch folder (videos, Parquet); default a temporary one")
@@ -72,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                 dump_json(out, str(results / f"{name}.json"))
         run_gpu_dry(results)
     env = load_suite(results / "environment.json")
-    suites = [load_suite(results / f"{n}.json") for n in SUITES if (results / f"{n}.json").exists()]
+    suites = [load_suite(results / f"{n}.json") for n in RENDERED if (results / f"{n}.json").exists()]
+    for s in suites:  # per-row detail stays in the JSON; RESULTS.md gets the summary tables
+        for key in ("markdown", "rows"):
+            s.get("config", {}).pop(key, None)
     gpu = load_suite(results / "gpu.json") if (results / "gpu.json").exists() else None
-    modes = {s.get("mode", mode) for s in suites}
+    modes = {s.get("mode", mode) for s in suites if s["suite"] not in ON_DEMAND} or {mode}
     command = "make bench" if modes == {"quick"} else "python -m benchmarks"
     Path(args.markdown).write_text(render(env, suites, mode="/".join(sorted(modes)) or mode, command=command, gpu=gpu))
     print(Path(args.markdown).read_text())

@@ -291,20 +291,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render_results(results: Path) -> str:
-    """RESULTS.md from the JSON results: the suites of ``python -m benchmarks`` and this one."""
-    from benchmarks.__main__ import SUITES
-    from benchmarks.results import load_suite, render
+    """RESULTS.md from the JSON results (every suite ``python -m benchmarks`` renders, this one included)."""
+    import contextlib
+    import io
 
-    env = load_suite(results / "environment.json")
-    names = [*SUITES, *(() if "generalisation" in SUITES else ("generalisation",))]
-    suites = [load_suite(results / f"{n}.json") for n in names if (results / f"{n}.json").exists()]
-    gpu = load_suite(results / "gpu.json") if (results / "gpu.json").exists() else None
-    modes = {s.get("mode", "quick") for s in suites if s["suite"] != "generalisation"} or {"quick"}
-    command = "make bench" if modes == {"quick"} else "python -m benchmarks"
-    for s in suites:  # the per-run tables stay in the JSON; RESULTS.md gets the summary table
-        for key in ("markdown", "rows"):
-            s.get("config", {}).pop(key, None)
-    return render(env, suites, mode="/".join(sorted(modes)), command=command, gpu=gpu)
+    from benchmarks.__main__ import main as bench_main
+
+    out = results.parent / "RESULTS.md.tmp"
+    with contextlib.redirect_stdout(io.StringIO()):
+        bench_main(["--render-only", "--results", str(results), "--markdown", str(out)])
+    text = out.read_text()
+    out.unlink()
+    return text
 
 
 if __name__ == "__main__":
