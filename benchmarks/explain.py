@@ -87,7 +87,7 @@ def prepare(root: Path, *, videos: int, seed: int, extractor, cropper) -> Split:
         video = read_video(str(root / r["file"]), NUM_FRAMES)
         faces = cropper(video.frames)
         feats = extractor(faces.crops[None])
-        real = read_video(str(root / by_id[r["source_id"]]["file"]), NUM_FRAMES).frames  # (T, H, W, 3)
+        real = read_video(str(root / by_id[r["source_id"]]["file"]), NUM_FRAMES).stack()  # (T, H, W, 3)
         paired = np.empty_like(faces.crops)
         for t in range(NUM_FRAMES):
             if faces.valid[t]:

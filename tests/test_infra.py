@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import re
 import sys
 from pathlib import Path
@@ -349,11 +350,16 @@ def test_extraction_job_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_cl
 
     # Start from a head-only cluster (an earlier test's workers must have gone).
     wait_for(lambda: not fake_cluster.alive_workers(), timeout=90, what="no worker nodes before the job")
+    data = tmp_path / "videos"  # two real, two fake: placement, not throughput, is under test
+    for label in ("real", "fake"):
+        (data / label).mkdir(parents=True)
+        for p in sorted((generated_dataset / label).glob("*.mp4"))[:2]:
+            shutil.copy(p, data / label / p.name)
     out = tmp_path / "features"
     run = run_placement_job(
         fake_cluster,
         REPO / "pipelines" / "extract.py",
-        "--input", str(generated_dataset), "--output", str(out),
+        "--input", str(data), "--output", str(out), "--layout", "folders",
         "--config", str(EXTRACT_FAKE.relative_to(REPO)),
         "--style-config", "psp_tiny", "--frames", "8", "--no-track",
         working_dir=REPO,
@@ -375,7 +381,7 @@ def test_extraction_job_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_cl
     # The job did its work: one ok row per video.
     assert "status: ok" in run.logs
     table = pq.read_table(out, columns=["video_id", "status"])
-    assert sorted(table.column("video_id").to_pylist()) == sorted(build_manifest(str(generated_dataset)).column("video_id").to_pylist())
+    assert sorted(table.column("video_id").to_pylist()) == sorted(build_manifest(str(data), layout="folders").column("video_id").to_pylist())
     assert set(table.column("status").to_pylist()) == {"ok"}
     # Idle workers went away (run_placement_job raised otherwise), none is left.
     assert run.scale_down_s is not None and fake_cluster.alive_workers() == {}
