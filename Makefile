@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.raydf-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-quick chaos demo bench bench-full browser-deps clean
+.PHONY: venv test test-long test-quick chaos demo bench bench-full browser-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,14 @@ browser-deps:
 	  else echo "chromium missing and cannot be installed: browser tests will fail"; fi; }
 
 test: $(STAMP) browser-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not long" $(PYTEST_ARGS)
+
+# Accuracy bars that need minutes of training each (tests marked `long`); make test runs their short versions.
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not long" $(PYTEST_ARGS)
 
 # The extraction driver SIGKILLed at random points of random histories (tests/test_chaos.py):
 # RAYDF_CHAOS_KILLS kills per backend (local and S3), RAYDF_CHAOS_SEED another history.

@@ -189,7 +189,7 @@ def test_compare_page_shows_the_ffpp_and_celebdf_runs_with_their_auc(ray_cluster
     try:
         # While the server starts: 6 generated pairs in both layouts, through the real extraction.
         make_dataset(tmp_path / "generated", videos=6, seed=7)
-        cfg = load_config(ExtractConfig, {"style": {"config": "psp_tiny"}, "video": {"num_frames": 16}, "rows_per_file": 6})
+        cfg = load_config(ExtractConfig, {"style": {"config": "psp_tiny"}, "video": {"num_frames": 8}, "rows_per_file": 6})
         features = {}
         for name, layout in (("ffpp", layout_ffpp), ("celebdf", layout_celebdf)):
             root = layout(tmp_path / "generated", tmp_path / name)

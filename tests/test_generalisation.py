@@ -388,6 +388,7 @@ def test_cross_manipulation_protocol_trains_on_one_family_and_tests_on_the_other
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.long  # short version: the pseudo-fake and cross-manipulation tests above; 3 seeds: benchmarks/generalisation.py
 def test_trained_on_self_blends_only_it_finds_an_unseen_family_of_another_seed(tmp_path_factory, ray_cluster):
     """Issue 15's bar: real videos + their self-blends only, never a generated fake -> ROC-AUC >= 0.8 on held-out flicker fakes."""
     import pyarrow.compute as pc

@@ -284,6 +284,7 @@ def heldout(tmp_path_factory, extracted, ray_cluster):
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.long  # short version: test_training_runs_and_loss_decreases (the same recipe, its own test split)
 def test_model_reaches_auc_09_on_videos_of_another_seed(extracted, heldout, tmp_path):
     from raydf.train import run_training
 
