@@ -27,7 +27,8 @@ browser-deps:
 test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -m "not long" $(PYTEST_ARGS)
 
-# Accuracy bars that need minutes of training each (tests marked `long`); make test runs their short versions.
+# Tests that need minutes of training each (marked `long`: accuracy bars, the MLflow compare page);
+# make test runs their short versions.
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 

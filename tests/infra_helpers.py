@@ -202,7 +202,7 @@ def _processes_of(temp_root: str, gcs_address: str) -> dict[int, psutil.Process]
     return found
 
 
-def end_processes(procs: dict[int, psutil.Process], grace_s: float = 10.0) -> None:
+def end_processes(procs: dict[int, psutil.Process], grace_s: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``grace_s``, exactly these processes."""
     for proc in procs.values():
         try:
@@ -620,15 +620,15 @@ def popen_logged(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def end_process_tree(proc: subprocess.Popen) -> None:
-    """End ``proc`` and its children, by pid."""
+def end_process_tree(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """End ``proc`` and its children, by pid (a test's own server: SIGKILL after ``grace_s``)."""
     try:
         root = psutil.Process(proc.pid)
         procs = {p.pid: p for p in root.children(recursive=True)}
         procs[root.pid] = root
     except psutil.NoSuchProcess:
         return
-    end_processes(procs)
+    end_processes(procs, grace_s=grace_s)
 
 
 def wait_for(predicate, *, timeout: float, interval: float = 0.5, what: str = "condition"):

@@ -167,6 +167,7 @@ def test_compare_picks_the_best_finished_training_run_per_dataset(tmp_path, caps
 @pytest.mark.browser
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.long  # short version: test_compare_picks_the_best_finished_training_run_per_dataset (runs, URL, CLI)
 def test_compare_page_shows_the_ffpp_and_celebdf_runs_with_their_auc(ray_cluster, tmp_path, capsys):
     from playwright.sync_api import sync_playwright
 

@@ -369,7 +369,7 @@ def test_cross_manipulation_protocol_trains_on_one_family_and_tests_on_the_other
     from raydf.protocol import CROSS_MANIPULATION, evaluate_datasets
     from raydf.train import run_training
 
-    cfg = small_train_cfg(methods=["blend"], max_epochs=8, val_fraction=0.2, test_fraction=0.4)  # a few test pairs of each family
+    cfg = small_train_cfg(methods=["blend"], max_epochs=4, val_fraction=0.2, test_fraction=0.4)  # a few test pairs of each family
     result = run_training(sbi["features"], cfg, storage_path=str(tmp_path / "rr"), name="blend-only", track=False)
     assert result.excluded["other_method"] > 0  # the flicker fakes never reached training or validation
     evals = evaluate_datasets(ModelBundle.load(result.model_path), {"gen": sbi["features"]})

@@ -44,7 +44,7 @@ def test_secrets_stay_out_of_job_logs_and_mlflow(ray_cluster, s3, extracted, gen
 
     # Training as a Ray job, logging to MLflow.
     train = ray_cluster.submit_pipeline(
-        "pipelines/train.py", "--features", str(extracted.features), "--epochs", "2", "--workers", "1",
+        "pipelines/train.py", "--features", str(extracted.features), "--epochs", "1", "--workers", "1",
         "--storage", str(tmp_path / "ray_results"), "--name", "sec", "--tag", "dataset=generated", "--tracking-uri", tracking,
     )  # fmt: skip
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
