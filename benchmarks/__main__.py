@@ -38,6 +38,25 @@ def run_gpu_dry(results: Path) -> None:
     dump_json(res, str(path))
 
 
+def rendered_suites(results: Path) -> list[dict]:
+    """The JSON results RESULTS.md shows (``RENDERED`` order, those present), per-row detail dropped."""
+    suites = [load_suite(results / f"{n}.json") for n in RENDERED if (results / f"{n}.json").exists()]
+    for s in suites:  # per-row detail stays in the JSON; RESULTS.md gets the summary tables
+        for key in ("markdown", "rows"):
+            s.get("config", {}).pop(key, None)
+    return suites
+
+
+def render_results(results: Path, suites: list[dict] | None = None, *, default_mode: str = "quick") -> str:
+    """RESULTS.md from the JSON results in ``results`` (``suites``: :func:`rendered_suites`, read when None)."""
+    suites = rendered_suites(results) if suites is None else suites
+    env = load_suite(results / "environment.json")
+    gpu = load_suite(results / "gpu.json") if (results / "gpu.json").exists() else None
+    modes = {s.get("mode", default_mode) for s in suites if s["suite"] not in ON_DEMAND} or {default_mode}
+    command = "make bench" if modes == {"quick"} else "python -m benchmarks"
+    return render(env, suites, mode="/".join(sorted(modes)), command=command, gpu=gpu)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 videos at T=16, psp_tiny in the pipeline, no torch.compile")
@@ -73,15 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 out["mode"] = mode
                 dump_json(out, str(results / f"{name}.json"))
         run_gpu_dry(results)
-    env = load_suite(results / "environment.json")
-    suites = [load_suite(results / f"{n}.json") for n in RENDERED if (results / f"{n}.json").exists()]
-    for s in suites:  # per-row detail stays in the JSON; RESULTS.md gets the summary tables
-        for key in ("markdown", "rows"):
-            s.get("config", {}).pop(key, None)
-    gpu = load_suite(results / "gpu.json") if (results / "gpu.json").exists() else None
-    modes = {s.get("mode", mode) for s in suites if s["suite"] not in ON_DEMAND} or {mode}
-    command = "make bench" if modes == {"quick"} else "python -m benchmarks"
-    Path(args.markdown).write_text(render(env, suites, mode="/".join(sorted(modes)) or mode, command=command, gpu=gpu))
+    suites = rendered_suites(results)
+    Path(args.markdown).write_text(render_results(results, suites, default_mode=mode))
     print(Path(args.markdown).read_text())
     for s in suites:
         for r in s["ratios"]:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import SuiteResult, cores, dump_json, environment, local_ray
+from benchmarks.__main__ import render_results
 
 log = logging.getLogger("benchmarks.generalisation")
 
@@ -288,21 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         dump_json(out, str(Path(args.results) / "generalisation.json"))
         Path(args.markdown).write_text(render_results(Path(args.results)))
     return 0
-
-
-def render_results(results: Path) -> str:
-    """RESULTS.md from the JSON results (every suite ``python -m benchmarks`` renders, this one included)."""
-    import contextlib
-    import io
-
-    from benchmarks.__main__ import main as bench_main
-
-    out = results.parent / "RESULTS.md.tmp"
-    with contextlib.redirect_stdout(io.StringIO()):
-        bench_main(["--render-only", "--results", str(results), "--markdown", str(out)])
-    text = out.read_text()
-    out.unlink()
-    return text
 
 
 if __name__ == "__main__":
