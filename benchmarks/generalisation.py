@@ -236,9 +236,9 @@ def run_notes(c: dict[str, Any]) -> list[str]:
         f"`python -m benchmarks.generalisation --heldout-pairs {c['heldout_pairs']} --seeds {','.join(map(str, c['seeds']))}` run "
         f"{c.get('date', '?')} on {c['cpu']} (load average at start {', '.join(map(str, c['loadavg_start']))}: the machine was shared, "
         f"times are long); {c['pairs']} training pairs (seed {TRAIN_SEED}) extracted with self-blends, {c['heldout_pairs']} held-out "
-        f"pairs (seed {HELDOUT_SEED}), T={c['T']}, psp_tiny, the {c['model']} fusion model, self-blend variants {c.get('variants')}, at most {c['epochs']} epochs (early "
-        f"stopping on validation loss, patience 12, best weights kept); extraction {c['extract_s']:.0f} s, {len(trainings)} "
-        f"trainings {sum(trainings.values()):.0f} s.",
+        f"pairs (seed {HELDOUT_SEED}), T={c['T']}, psp_tiny, the {c['model']} fusion model, self-blend variants {c.get('variants') or c.get('self_blend', 'defaults')}, at most {c['epochs']} epochs (early "
+        f"stopping on validation loss, patience 12, best weights kept); extraction {c['extract_s']:.0f} s"
+        + (f", {len(trainings)} trainings {sum(trainings.values()):.0f} s." if trainings else "."),
         "Extractors are randomly initialised (psp_tiny, slow_r50) and the set has one face: the figures compare training "
         "schemes on the same features, they say nothing of real-world accuracy. Test splits are small (8 reals); the held-out "
         "set has 12 fakes per family: an AUC moves by ~0.05 between seeds.",
