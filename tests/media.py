@@ -8,6 +8,7 @@ capped sizes and durations, other codecs and containers.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 from collections.abc import Sequence
 from fractions import Fraction
@@ -230,3 +231,13 @@ def write_audio_only(path: Path, frames: int = 10) -> Path:
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+def folder_subset(generated: Path, dest: Path, per_label: int = 2) -> Path:
+    """The first ``per_label`` videos of each of ``generated``'s real/ and fake/ folders, copied
+    into ``dest`` (the ``folders`` layout): a job under test without the whole set's compute."""
+    for label in ("real", "fake"):
+        (dest / label).mkdir(parents=True)
+        for p in sorted((generated / label).glob("*.mp4"))[:per_label]:
+            shutil.copy(p, dest / label / p.name)
+    return dest

@@ -14,7 +14,7 @@ import pytest
 from raydf import schema as S
 from raydf.config import ExtractConfig, load_config
 from raydf.store import ExtractConfigMismatch, FeatureStore
-from tests.media import write_audio_only
+from tests.media import folder_subset, write_audio_only
 
 pytestmark = pytest.mark.integration
 
@@ -208,11 +208,7 @@ def test_s3_in_s3_out_reads_back_with_plain_pyarrow(tmp_path, ray_cluster, s3, g
 # ---- as a Ray job --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_extraction_pipeline(tmp_path, ray_cluster, generated_dataset):
-    data = tmp_path / "videos"
-    for label in ("real", "fake"):  # two of each: the job, not the throughput, is under test
-        (data / label).mkdir(parents=True)
-        for p in sorted((generated_dataset / label).glob("*.mp4"))[:2]:
-            shutil.copy(p, data / label / p.name)
+    data = folder_subset(generated_dataset, tmp_path / "videos")  # two of each: the job, not the throughput, is under test
     out = tmp_path / "job-features"
     result = ray_cluster.submit_pipeline(
         "pipelines/extract.py", "--input", str(data), "--output", str(out), "--layout", "folders",

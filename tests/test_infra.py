@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import re
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import jsonschema
 import pytest
 import requests
 
+from tests.media import folder_subset
 from tests.infra_helpers import (
     CLUSTER_YAML,
     FAKE_CLUSTER_YAML,
@@ -350,11 +350,7 @@ def test_extraction_job_scales_gpu_workers_up_on_demand_and_back_to_zero(fake_cl
 
     # Start from a head-only cluster (an earlier test's workers must have gone).
     wait_for(lambda: not fake_cluster.alive_workers(), timeout=90, what="no worker nodes before the job")
-    data = tmp_path / "videos"  # two real, two fake: placement, not throughput, is under test
-    for label in ("real", "fake"):
-        (data / label).mkdir(parents=True)
-        for p in sorted((generated_dataset / label).glob("*.mp4"))[:2]:
-            shutil.copy(p, data / label / p.name)
+    data = folder_subset(generated_dataset, tmp_path / "videos")  # two real, two fake: placement, not throughput, is under test
     out = tmp_path / "features"
     run = run_placement_job(
         fake_cluster,
