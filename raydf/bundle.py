@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_TAG",
     "BundleError",
     "NoModelError",
+    "sqlite_store_path",
     "ExtractorMismatch",
     "TrainInfo",
     "ModelBundle",
@@ -207,7 +208,8 @@ class ModelBundle:
 
 
 # ---- model resolution ----------------------------------------------------------------------------
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_store_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other kind of store."""
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///") :])
@@ -265,7 +267,7 @@ def resolve_model(model: str | None, tracking_uri: str | None = None) -> tuple[M
     uri = tracking.resolve_tracking_uri(tracking_uri)
     shown = tracking.redact(uri)
     if model is None:
-        db = _sqlite_path(uri)
+        db = sqlite_store_path(uri)
         if db is not None:
             if not db.is_file():
                 raise NoModelError(f"no trained model found in {shown} (no such store); train one (make demo) or pass --model")

@@ -247,6 +247,21 @@ def test_the_page_ships_with_the_package():
         assert any(Path(f"serve/static/{name}").match(pattern) for pattern in data), name
 
 
+def test_a_model_slot_loads_at_once_when_its_bundle_appears_within_the_retry_interval(tmp_path):
+    """Each stage's replica has its own slot: all must serve from the first request after the model
+    appears, not one now and the other ``model_retry_s`` later (a 200 from /v1/model, then a 503)."""
+    from raydf.bundle import NoModelError
+    from raydf.serve.app import ModelSlot
+
+    model = tmp_path / "model" / "raydf_model.pt"
+    slot = ModelSlot(serve_config({"model": str(model), "model_retry_s": 3600}), load_extractors=False, threads=1)
+    assert not slot.loaded
+    with pytest.raises(NoModelError, match="model not found"):
+        slot.get()  # within the retry interval, nothing changed: the kept answer
+    make_bundle(model)
+    assert slot.get().bundle.num_frames == NUM_FRAMES and slot.loaded
+
+
 def test_fit_to_cluster_scales_logical_cpus_only():
     from raydf.serve.runner import fit_to_cluster
 

@@ -90,7 +90,10 @@ class ModelSlot:
 
     With no model yet (the path does not exist, the tracking store has no trained model), the
     slot looks again at most every ``cfg.model_retry_s`` seconds, and requests meanwhile get
-    503; once loaded, the model stays (a service does not swap models under its clients).
+    503 -- unless what it looks at changed since (a bundle path or a sqlite store that appeared or
+    was written, a ``stat`` per request), when it looks at once: every replica of every stage then
+    serves from the first request after the model appears, whichever replica answered ``/v1/model``.
+    Once loaded, the model stays (a service does not swap models under its clients).
     """
 
     def __init__(self, cfg: ServeConfig, *, load_extractors: bool, threads: int) -> None:
@@ -98,6 +101,7 @@ class ModelSlot:
         self._det: Any = None
         self._last_try = -float("inf")
         self._last_error: BaseException | None = None
+        self._last_seen: tuple | None = None
         try:
             self.get()
         except Exception as exc:  # noqa: BLE001 - kept and re-raised to requests (503)
@@ -112,9 +116,10 @@ class ModelSlot:
         if self._det is not None:
             return self._det
         now = time.monotonic()
-        if now - self._last_try < self.cfg.model_retry_s and self._last_error is not None:
+        seen = _model_source_state(self.cfg.model, self.cfg.tracking_uri)
+        if now - self._last_try < self.cfg.model_retry_s and self._last_error is not None and seen == self._last_seen:
             raise _fresh(self._last_error)
-        self._last_try = now
+        self._last_try, self._last_seen = now, seen
         import torch
 
         from raydf.detect import Detector
@@ -129,6 +134,27 @@ class ModelSlot:
         self._det, self._last_error = det, None
         log.info("model loaded: %s (%.1fs)", det.source, det.load_s)
         return det
+
+
+def _model_source_state(model: str | None, tracking_uri: str | None) -> tuple | None:
+    """What a ``stat`` tells of the model's source: (exists, size, mtime_ns) of a bundle path, or of
+    the sqlite tracking store; None where a stat cannot tell (an MLflow server, ``runs:/`` URIs)."""
+    from raydf import bundle, tracking
+
+    if model and not model.startswith(("runs:/", "models:/")):
+        path = Path(model)
+        path = path / bundle.BUNDLE_FILE if path.is_dir() else path
+    elif model is None:
+        path = bundle.sqlite_store_path(tracking.resolve_tracking_uri(tracking_uri))
+        if path is None:
+            return None
+    else:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return (False, 0, 0)
+    return (True, st.st_size, st.st_mtime_ns)
 
 
 def _fresh(exc: BaseException) -> BaseException:
@@ -162,6 +188,14 @@ class CropDeployment:
 
     async def ping(self) -> bool:
         return True
+
+    async def info(self) -> dict[str, Any]:
+        """Empty once this replica has the model; else the error body (503) it would answer."""
+        try:
+            self.slot.get()
+        except Exception as exc:  # noqa: BLE001
+            return status_of(exc).body()
+        return {}
 
     async def crop(self, key: str, data: bytes | None = None, uri: str | None = None) -> CropOutcome:
         """Crop rows of an upload (``data``) or of the object at ``uri``."""
@@ -656,6 +690,14 @@ class Ingress:
         return self._static(name)
 
     # -- health and model --
+    async def _model_info(self) -> dict[str, Any]:
+        """The features stage's model summary once both stages have the model; else the first error body."""
+        try:
+            crop, info = await asyncio.gather(self.crop.info.remote(), self.features.info.remote())
+        except Exception as exc:  # noqa: BLE001 - a replica down: no model to score with, for now
+            return ServiceError(503, f"a stage did not answer: {type(exc).__name__}").body()
+        return crop if "error" in crop else info
+
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
         checks: dict[str, str] = {}
@@ -665,7 +707,7 @@ class Ingress:
                 checks[what] = "ok"
             except Exception as exc:  # noqa: BLE001 - a replica down or stuck
                 checks[what] = f"{type(exc).__name__}"
-        info = await self.features.info.remote()
+        info = await self._model_info()
         healthy = all(v == "ok" for v in checks.values())
         body = {"status": "ok" if healthy else "degraded", "model_loaded": "error" not in info,
                 "auth_required": self.token is not None, "deployments": checks}  # fmt: skip
@@ -674,7 +716,7 @@ class Ingress:
     @api.get("/v1/model")
     async def model(self, request: Request) -> JSONResponse:
         self._check_auth(request)
-        info = await self.features.info.remote()
+        info = await self._model_info()
         if "error" in info:
             raise ServiceError(info["error"]["status"], info["error"]["message"])
         return JSONResponse({**info, "stream": {"every": self.cfg.stream.every, "window": info["num_frames"]},
