@@ -298,8 +298,14 @@ def sign_test(a: np.ndarray, b: np.ndarray) -> float:
     return round(float(binomtest(wins, wins + losses).pvalue), 3) if wins + losses else float("nan")
 
 
-def run(quick: bool = False, workdir: str | None = None) -> SuiteResult:
-    """The suite: train on one generated seed, explain the fakes of another, score the maps."""
+def run(quick: bool = False, workdir: str | None = None, *, style_weights: str | None = None,
+        content_weights: str | None = None) -> SuiteResult:  # fmt: skip
+    """The suite: train on one generated seed, explain the fakes of another, score the maps.
+
+    With ``style_weights`` (the official pSp FFHQ encoder) the faithful ``psp_ir_se50`` runs
+    instead of ``psp_tiny``; ``content_weights`` loads slow_r50's Kinetics weights. Without them
+    both are the seeded random init the demo uses.
+    """
     import torch
     from sklearn.metrics import roc_auc_score
 
@@ -308,9 +314,11 @@ def run(quick: bool = False, workdir: str | None = None) -> SuiteResult:
     from raydf.features import FeatureExtractor
 
     t0 = time.perf_counter()
-    work = Path(workdir or "explain-bench") / ("explain-quick" if quick else "explain")
+    pretrained = style_weights is not None or content_weights is not None
+    work = Path(workdir or "explain-bench") / (("explain-quick" if quick else "explain") + ("-pretrained" if pretrained else ""))
     train_videos, test_videos = (8, 4) if quick else (16, 8)
-    extractor = FeatureExtractor(ContentConfig(), StyleConfig(config="psp_tiny"), device="cpu")
+    style_cfg = StyleConfig(weights=style_weights) if style_weights else StyleConfig(config="psp_tiny")
+    extractor = FeatureExtractor(ContentConfig(weights=content_weights), style_cfg, device="cpu")
     cropper = FaceCropper()
     train = prepare(work / "train", videos=train_videos, seed=0, extractor=extractor, cropper=cropper)
     test = prepare(work / "heldout", videos=test_videos, seed=1, extractor=extractor, cropper=cropper)
@@ -339,7 +347,8 @@ def run(quick: bool = False, workdir: str | None = None) -> SuiteResult:
     res.tables["in-region heat-map mass (held-out fakes, top-4 frames each)"] = summary
     res.tables["cost of one explanation (T=32, top-4 frames, 2 cores)"] = costs
     res.config = {"train_videos": train_videos, "heldout_videos": test_videos, "T": NUM_FRAMES, "top_k": TOP_K,
-                  "style": "psp_tiny (random init)", "content": "slow_r50 (random init)", "heldout_auc": round(auc, 3),
+                  "style": f"psp_ir_se50 ({style_weights})" if style_weights else "psp_tiny (random init)",
+                  "content": f"slow_r50 ({content_weights})" if content_weights else "slow_r50 (random init)", "heldout_auc": round(auc, 3),
                   "seconds": {"prepare": round(t_prep, 1), "explain": round(t_explain, 1)}, "rows": rows}  # fmt: skip
     res.notes.append(f"Held-out ROC-AUC of the trained model: {auc:.3f} ({len(test.label)} videos, seed 1; trained on seed 0).")
     res.notes.append(f"Explaining {sum(1 for r in rows if r['method'] == METHODS[0]) // TOP_K or 0} fakes took {t_explain:.0f} s "
@@ -352,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.explain", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="8 training and 4 held-out pairs instead of 16 and 8")
     p.add_argument("--workdir", default="explain-bench", help="scratch folder (videos, cached arrays)")
+    p.add_argument("--style-weights", default=None, help="psp_ffhq_encode.pt path/URI (default: psp_tiny, random init)")
+    p.add_argument("--content-weights", default=None, help="SLOW_8x8_R50.pyth path/URI (default: random init)")
     p.add_argument("--out", default=str(HERE / "results" / "explain.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    out = run(quick=args.quick, workdir=args.workdir).to_dict()
+    out = run(quick=args.quick, workdir=args.workdir, style_weights=args.style_weights, content_weights=args.content_weights).to_dict()
     out["mode"] = "quick" if args.quick else "full"
     dump_json(out, args.out)
     for r in out["ratios"]:
