@@ -436,7 +436,9 @@ def run_training(
             in it are not passed on: set ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` in the cluster's environment.
         tags: extra MLflow tags (``dataset`` is filled from the data when absent).
         extra_test: ``{name: features_uri}`` of other datasets to evaluate on (cross-dataset).
-        output_dir: where the model bundle and plots are written (default: under storage).
+        output_dir: where the model bundle and plots are written (default: ``<storage>/<name>/raydf``
+            on local storage; with remote storage a new local temp dir ``raydf-train-*``, which the
+            caller owns: ``TrainResult.model_path`` is in it).
         callbacks: Ray Train ``UserCallback``s (e.g. Tune's ``TuneReportCallback`` in a sweep).
         experiment: MLflow experiment name (default ``raydf-train``).
         parent_run_id: make the MLflow run a child of this run (``mlflow.parentRunId``).

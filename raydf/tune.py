@@ -355,26 +355,56 @@ class EpochReportCallback(TuneReportCallback):
         super().after_report(run_context, metrics, checkpoint)
 
 
+def _scratch_root(sweep_path: str) -> Path:
+    """The local scratch folder of a sweep's trials on remote storage: ``<tmp>/raydf-sweep-<sha1(path)[:12]>``."""
+    import hashlib
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"raydf-sweep-{hashlib.sha1(sweep_path.encode()).hexdigest()[:12]}"
+
+
+def _remove_scratch(sweep_path: str) -> None:
+    if "://" in sweep_path:
+        import shutil
+
+        shutil.rmtree(_scratch_root(sweep_path), ignore_errors=True)
+
+
 def _fit_trial(cfg_dict: dict[str, Any], trial_id: str, spec: SweepSpec, callback: EpochReportCallback) -> dict[str, float]:
-    """The trial's Ray Train run (a task of the trial, see :func:`_trial`); returns its final report."""
+    """The trial's Ray Train run (a task of the trial, see :func:`_trial`); returns its final report.
+
+    A trial's bundle and plots matter only until they are logged (MLflow keeps them): on local
+    storage they stay under the sweep's folder; with remote storage they are written to a
+    scratch dir under :func:`_scratch_root` that goes when the trial ends, and the driver removes
+    that root when ``Tuner.fit`` returns (trials ASHA stopped were killed before they could).
+    """
+    import contextlib
+    import tempfile
+
     import numpy as np
 
     from raydf.train import run_training
 
-    result = run_training(
-        spec.features,
-        load_config(TrainConfig, cfg_dict),
-        storage_path=_join(spec.path, TRAIN_DIR),
-        name=f"trial-{trial_id}",
-        tracking_uri=spec.tracking_uri,
-        track=spec.track,
-        tags={**spec.tags, TAG_TRIAL: trial_id, TAG_SWEEP: spec.name},
-        callbacks=[callback],
-        experiment=spec.experiment,
-        parent_run_id=spec.parent_run_id,
-        run_key=f"{spec.parent_run_id or spec.path}/{trial_id}",
-        full_report=spec.full_report,
-    )
+    root = _scratch_root(spec.path) if "://" in spec.path else None
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    scratch_dir = tempfile.TemporaryDirectory(prefix=f"trial-{trial_id}-", dir=root) if root else contextlib.nullcontext()
+    with scratch_dir as scratch:
+        result = run_training(
+            spec.features,
+            load_config(TrainConfig, cfg_dict),
+            storage_path=_join(spec.path, TRAIN_DIR),
+            output_dir=scratch,
+            name=f"trial-{trial_id}",
+            tracking_uri=spec.tracking_uri,
+            track=spec.track,
+            tags={**spec.tags, TAG_TRIAL: trial_id, TAG_SWEEP: spec.name},
+            callbacks=[callback],
+            experiment=spec.experiment,
+            parent_run_id=spec.parent_run_id,
+            run_key=f"{spec.parent_run_id or spec.path}/{trial_id}",
+            full_report=spec.full_report,
+        )
     final = {k: float(v) for k, v in result.history[-1].items()}
     for split, m in result.test_metrics.items():
         final.update({S.eval_metric(split, k): float(m[k]) for k in S.EVAL_METRICS if np.isfinite(m[k])})
@@ -734,6 +764,7 @@ def run_sweep(
         tuner.fit()
     finally:
         sign_sweep_state(path)
+        _remove_scratch(path)
     return _finish(spec, t0)
 
 
@@ -776,6 +807,7 @@ def resume_sweep(path: str, *, tracking_uri: str | None = None, trust_state: boo
         tuner.fit()
     finally:
         sign_sweep_state(path)
+        _remove_scratch(path)
     return _finish(spec, t0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,7 @@ class InterruptedSweep:
     tracking_uri: str
     artifact_location: str
     leaked_placement_groups: list[str]  # created during the sweep and still holding resources after it
+    leftover_scratch: list[str]  # local scratch dirs of its trials still there after the sweep
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +147,7 @@ def s3_sweep(extracted, ray_cluster, s3, tmp_path_factory) -> InterruptedSweep:
     root = tmp_path_factory.mktemp("tune-s3")
     bucket = s3.make_bucket("raydf-sweeps")
     before = _live_placement_groups()
+    scratch_before = _train_scratch_dirs()
     tracking_uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", f"s3://{bucket}/mlflow"
     first = run_sweep(
         str(extracted.features), {"lr": tune.grid_search(GRID)}, tune_base(), num_samples=1, name="lr-grid",
@@ -158,7 +161,14 @@ def s3_sweep(extracted, ray_cluster, s3, tmp_path_factory) -> InterruptedSweep:
     deadline = time.monotonic() + 30  # Ray Train's cleaner polls every second
     while (leaked := sorted(_live_placement_groups() - before)) and time.monotonic() < deadline:
         time.sleep(1)
-    return InterruptedSweep(first, resumed, resumed_at, bucket, tracking_uri, artifacts, leaked)
+    return InterruptedSweep(first, resumed, resumed_at, bucket, tracking_uri, artifacts, leaked,
+                            sorted(_train_scratch_dirs() - scratch_before))  # fmt: skip
+
+
+def _train_scratch_dirs() -> set[str]:
+    """Local scratch dirs of training runs on remote storage (``raydf-train-*``, ``raydf-sweep-*``)."""
+    tmp = Path(tempfile.gettempdir())
+    return {str(p) for pattern in ("raydf-train-*", "raydf-sweep-*") for p in tmp.glob(pattern)}
 
 
 def _live_placement_groups() -> set[str]:
@@ -239,6 +249,7 @@ def test_sweep_storage_and_mlflow_artifacts_live_on_s3(s3_sweep, s3):
     for tid in res.table["trial_id"]:
         assert any(k.startswith(f"sweeps/lr-grid/trial-{tid}/") and k.endswith("result.json") for k in sweep), tid
         assert any(k.startswith(f"sweeps/lr-grid/train/trial-{tid}/checkpoint_") for k in sweep), tid
+    assert s3_sweep.leftover_scratch == []  # trials on remote storage leave no local temp dirs behind
     client = mlflow.MlflowClient(s3_sweep.tracking_uri)
     parent = client.get_run(res.parent_run_id)
     assert parent.info.artifact_uri.startswith(s3_sweep.artifact_location)
