@@ -33,7 +33,7 @@ __all__ = [
     "MODEL_TAG",
     "BundleError",
     "NoModelError",
-    "sqlite_store_path",
+    "model_source_file",
     "ExtractorMismatch",
     "TrainInfo",
     "ModelBundle",
@@ -208,11 +208,22 @@ class ModelBundle:
 
 
 # ---- model resolution ----------------------------------------------------------------------------
-def sqlite_store_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI; None for any other kind of store."""
+def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///") :])
+
+
+def model_source_file(model: str | None, tracking_uri: str | None = None) -> Path | None:
+    """The local file :func:`resolve_model` reads first for ``model``: a bundle path (a directory's
+    ``BUNDLE_FILE``), or with ``model=None`` the sqlite tracking store it searches; None where no
+    local file tells (``runs:/`` and ``models:/`` URIs, a tracking server). The file may not exist."""
+    if model and not model.startswith(("runs:/", "models:/")):
+        path = Path(model)
+        return path / BUNDLE_FILE if path.is_dir() else path
+    if model is None:
+        return _sqlite_path(tracking.resolve_tracking_uri(tracking_uri))
+    return None
 
 
 def _local_artifact_path(artifact_uri: str) -> Path | None:
@@ -258,16 +269,15 @@ def resolve_model(model: str | None, tracking_uri: str | None = None) -> tuple[M
         BundleError: the model exists but cannot be read as a bundle.
     """
     if model and not model.startswith(("runs:/", "models:/")):
-        path = Path(model)
-        if path.is_dir():
-            path = path / BUNDLE_FILE
+        path = model_source_file(model)
+        assert path is not None
         if not path.exists():
             raise NoModelError(f"model not found: {model}")
         return ModelBundle.load(path), str(path)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     shown = tracking.redact(uri)
     if model is None:
-        db = sqlite_store_path(uri)
+        db = _sqlite_path(uri)
         if db is not None:
             if not db.is_file():
                 raise NoModelError(f"no trained model found in {shown} (no such store); train one (make demo) or pass --model")

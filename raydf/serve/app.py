@@ -137,18 +137,12 @@ class ModelSlot:
 
 
 def _model_source_state(model: str | None, tracking_uri: str | None) -> tuple | None:
-    """What a ``stat`` tells of the model's source: (exists, size, mtime_ns) of a bundle path, or of
-    the sqlite tracking store; None where a stat cannot tell (an MLflow server, ``runs:/`` URIs)."""
-    from raydf import bundle, tracking
+    """What a ``stat`` tells of the model's source (:func:`raydf.bundle.model_source_file`):
+    (exists, size, mtime_ns); None where no local file tells (an MLflow server, ``runs:/`` URIs)."""
+    from raydf.bundle import model_source_file
 
-    if model and not model.startswith(("runs:/", "models:/")):
-        path = Path(model)
-        path = path / bundle.BUNDLE_FILE if path.is_dir() else path
-    elif model is None:
-        path = bundle.sqlite_store_path(tracking.resolve_tracking_uri(tracking_uri))
-        if path is None:
-            return None
-    else:
+    path = model_source_file(model, tracking_uri)
+    if path is None:
         return None
     try:
         st = path.stat()
